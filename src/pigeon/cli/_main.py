@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from pigeon import __version__
+
+from . import serve
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="pigeon", description="Pigeon: a mail transfer agent and SMTP toolkit."
+    )
+    parser.add_argument("--version", action="version", version=f"pigeon {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve.register(commands)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    result: int = args.run(args)
+    return result

@@ -1,0 +1,164 @@
+"""``pigeon serve``: run the server, from a TOML file, flags, or neither."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from pigeon.config import (
+    Config,
+    ConfigError,
+    DomainConfig,
+    ListenerConfig,
+    check_network,
+    load_config,
+    parse_host_port,
+)
+from pigeon.log import configure_logging
+from pigeon.server import Server
+
+__all__ = ["build_config", "register"]
+
+EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
+
+
+def register(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "serve",
+        help="run the SMTP server",
+        description="Run the SMTP server. With no configuration it listens on 127.0.0.1:2525 "
+        "and delivers mail for any user at localhost into ./pigeon-data/mail.",
+    )
+    parser.add_argument("-c", "--config", type=Path, help="TOML configuration file")
+    parser.add_argument(
+        "--listen",
+        action="append",
+        metavar="HOST:PORT",
+        help="address to listen on (repeatable; replaces the file's listeners)",
+    )
+    parser.add_argument("--hostname", help="this server's name in the greeting and headers")
+    parser.add_argument(
+        "--domain", action="append", metavar="DOMAIN", help="serve this domain (repeatable)"
+    )
+    parser.add_argument(
+        "--user",
+        action="append",
+        metavar="NAME",
+        help="a user of every --domain (repeatable); others do not exist unless --catch-all",
+    )
+    parser.add_argument(
+        "--catch-all", action="store_true", help="any local part of each --domain is a user"
+    )
+    parser.add_argument("--data-dir", type=Path, help="where the spool and the mailboxes live")
+    parser.add_argument(
+        "--trust",
+        action="append",
+        metavar="CIDR",
+        help="relay for clients in this network (repeatable; default: nobody)",
+    )
+    parser.add_argument(
+        "--compat",
+        choices=("rfc5321", "rfc821"),
+        help="rfc821 accepts bare HELO, comments in paths and paths without <>",
+    )
+    parser.add_argument(
+        "--resolver",
+        action="append",
+        metavar="HOST:PORT",
+        help="DNS server for reverse lookups (repeatable; default: no lookups)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    parser.set_defaults(run=run)
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """The file's settings (or the defaults), with the flags given on top."""
+    config = load_config(args.config)
+    overrides: dict[str, Any] = {}
+    if args.hostname:
+        overrides["hostname"] = args.hostname
+    if args.data_dir:
+        overrides["data_dir"] = args.data_dir
+    if args.listen:
+        for address in args.listen:
+            parse_host_port(address, default_port=25)
+        base = config.listen[0]
+        overrides["listen"] = tuple(
+            ListenerConfig(
+                address=a,
+                compat=base.compat,
+                vrfy=base.vrfy,
+                expn=base.expn,
+                bare_line_ends=base.bare_line_ends,
+            )
+            for a in args.listen
+        )
+    if args.compat:
+        listeners = overrides.get("listen", config.listen)
+        overrides["listen"] = tuple(
+            ListenerConfig(
+                address=lc.address,
+                compat=args.compat,
+                vrfy=lc.vrfy,
+                expn=lc.expn,
+                bare_line_ends=lc.bare_line_ends,
+            )
+            for lc in listeners
+        )
+    if args.domain:
+        users = tuple(args.user or ())
+        overrides["domains"] = {
+            d.lower(): DomainConfig(users=users, catch_all=args.catch_all) for d in args.domain
+        }
+    elif args.user or args.catch_all:
+        raise ConfigError("--user and --catch-all apply to --domain; name the domain too")
+    if args.trust:
+        overrides["trusted_networks"] = tuple(check_network(n) for n in args.trust)
+    if args.resolver:
+        overrides["resolver"] = tuple(args.resolver)
+    return config.with_overrides(**overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = build_config(args)
+    except ConfigError as error:
+        print(f"pigeon serve: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
+    _use_uvloop()
+    try:
+        asyncio.run(_serve(config))
+    except OSError as error:
+        print(f"pigeon serve: cannot start: {error}", file=sys.stderr)
+        return 71  # EX_OSERR
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def _serve(config: Config) -> None:
+    server = Server(config)
+    await server.start()
+    for host, port in server.addresses:
+        print(f"pigeon: listening on {host}:{port}", flush=True)
+    for line in server.context.directory.describe():
+        print(f"pigeon: mail for {line}", flush=True)
+    print(f"pigeon: spool in {config.spool_dir}", flush=True)
+    if server.recovered:
+        print(f"pigeon: {server.recovered} message(s) recovered from the spool", flush=True)
+    await server.run_until_signalled()
+
+
+def _use_uvloop() -> None:
+    """uvloop when installed: the same asyncio API, a faster loop."""
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

@@ -1,0 +1,240 @@
+"""Configuration: one TOML file, embedded defaults, and command-line overrides.
+
+With no file at all, Pigeon is a useful local server: it listens on 127.0.0.1:2525, serves
+the domain ``localhost`` and takes mail for any local part of it into Maildirs under
+``./pigeon-data``. ``pigeon.example.toml`` in the repository documents every setting.
+
+Loading is strict: an unknown key or a value of the wrong kind stops the server with a
+message naming the key, because a typo in a mail server's configuration should never
+silently fall back to a default (an open relay is one typo away).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DomainConfig",
+    "Limits",
+    "ListenerConfig",
+    "load_config",
+    "parse_host_port",
+]
+
+Compat = Literal["rfc5321", "rfc821"]
+VrfyPolicy = Literal["hidden", "off", "on"]
+ExpnPolicy = Literal["off", "on"]
+BareLineEnds = Literal["reject", "keep"]
+
+
+class ConfigError(Exception):
+    """The configuration is wrong; the message says where and how."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    address: str = "127.0.0.1:2525"
+    # "rfc821" accepts what pre-1990s clients send (see README); never needed by modern ones.
+    compat: Compat = "rfc5321"
+    vrfy: VrfyPolicy = "hidden"  # hidden: 252 without looking; off: 502; on: answer truthfully
+    expn: ExpnPolicy = "off"
+    bare_line_ends: BareLineEnds = "reject"
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return parse_host_port(self.address, default_port=25)
+
+
+@dataclass(frozen=True, slots=True)
+class DomainConfig:
+    users: tuple[str, ...] = ()
+    catch_all: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    message_size: int = 25 * 1024 * 1024
+    recipients: int = 1000
+    connections: int = 1000
+    errors: int = 10
+    # RFC 5321 section 4.5.3.2.7: at least 5 minutes waiting for the next command.
+    command_timeout: float = 300.0
+    data_timeout: float = 600.0
+    min_free_disk: int = 100 * 1024 * 1024  # MAIL gets 452 4.3.1 below this
+    shutdown_grace: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    hostname: str = "localhost"
+    data_dir: Path = Path("pigeon-data")
+    listen: tuple[ListenerConfig, ...] = (ListenerConfig(),)
+    domains: dict[str, DomainConfig] = field(
+        default_factory=lambda: {"localhost": DomainConfig(catch_all=True)}
+    )
+    trusted_networks: tuple[str, ...] = ()
+    resolver: tuple[str, ...] = ()  # DNS servers for reverse lookups; none: no lookups
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.data_dir / "mail"
+
+    def with_overrides(self, **overrides: Any) -> Config:
+        return replace(self, **overrides)
+
+
+def parse_host_port(text: str, *, default_port: int) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port``, ``host`` or ``:port``; raises ConfigError."""
+    host, port = text, str(default_port)
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ConfigError(f"{text!r}: missing ']' after the IPv6 address")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ConfigError(f"{text!r}: expected ':port' after ']'")
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{text!r}: port must be a number from 0 to 65535")
+    return host or "0.0.0.0", int(port)
+
+
+def load_config(path: Path | None) -> Config:
+    if path is None:
+        return Config()
+    try:
+        with path.open("rb") as file:
+            raw = tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    try:
+        return _build_config(raw, base=path.parent)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def _build_config(raw: dict[str, Any], *, base: Path) -> Config:
+    known = {f.name for f in fields(Config)}
+    _no_unknown(raw, known, where="")
+    values: dict[str, Any] = {}
+    if "hostname" in raw:
+        values["hostname"] = _str(raw["hostname"], "hostname")
+    if "data_dir" in raw:
+        data_dir = Path(_str(raw["data_dir"], "data_dir"))
+        values["data_dir"] = data_dir if data_dir.is_absolute() else base / data_dir
+    if "listen" in raw:
+        values["listen"] = tuple(_listener(item, i) for i, item in _list(raw["listen"], "listen"))
+        if not values["listen"]:
+            raise ConfigError("listen: at least one listener is needed")
+    if "domains" in raw:
+        domains = raw["domains"]
+        if not isinstance(domains, dict):
+            raise ConfigError("domains: expected a table of domain names")
+        values["domains"] = {
+            name.lower(): _domain(spec, f"domains.{name}") for name, spec in domains.items()
+        }
+    if "trusted_networks" in raw:
+        values["trusted_networks"] = tuple(
+            check_network(_str(v, f"trusted_networks[{i}]"))
+            for i, v in _list(raw["trusted_networks"], "trusted_networks")
+        )
+    if "resolver" in raw:
+        values["resolver"] = tuple(
+            _str(v, f"resolver[{i}]") for i, v in _list(raw["resolver"], "resolver")
+        )
+    if "limits" in raw:
+        values["limits"] = _limits(raw["limits"])
+    return Config(**values)
+
+
+def check_network(text: str) -> str:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a network (expected CIDR like 192.0.2.0/24)") from None
+    return text
+
+
+def _listener(raw: Any, index: int) -> ListenerConfig:
+    where = f"listen[{index}]"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table")
+    _no_unknown(raw, {f.name for f in fields(ListenerConfig)}, where=f"{where}.")
+    values: dict[str, Any] = {}
+    for key in ("address", "compat", "vrfy", "expn", "bare_line_ends"):
+        if key in raw:
+            values[key] = _str(raw[key], f"{where}.{key}")
+    choices = {
+        "compat": ("rfc5321", "rfc821"),
+        "vrfy": ("hidden", "off", "on"),
+        "expn": ("off", "on"),
+        "bare_line_ends": ("reject", "keep"),
+    }
+    for key, allowed in choices.items():
+        if key in values and values[key] not in allowed:
+            raise ConfigError(f"{where}.{key}: {values[key]!r} is not one of {', '.join(allowed)}")
+    listener = ListenerConfig(**values)
+    parse_host_port(listener.address, default_port=25)
+    return listener
+
+
+def _domain(raw: Any, where: str) -> DomainConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table")
+    _no_unknown(raw, {"users", "catch_all"}, where=f"{where}.")
+    users = tuple(_str(u, f"{where}.users[{i}]") for i, u in _list(raw.get("users", []), where))
+    catch_all = raw.get("catch_all", False)
+    if not isinstance(catch_all, bool):
+        raise ConfigError(f"{where}.catch_all: expected true or false")
+    return DomainConfig(users=users, catch_all=catch_all)
+
+
+def _limits(raw: Any) -> Limits:
+    if not isinstance(raw, dict):
+        raise ConfigError("limits: expected a table")
+    _no_unknown(raw, {f.name for f in fields(Limits)}, where="limits.")
+    values: dict[str, Any] = {}
+    for f in fields(Limits):
+        if f.name not in raw:
+            continue
+        value = raw[f.name]
+        numeric = (int, float) if f.type == "float" else (int,)
+        if isinstance(value, bool) or not isinstance(value, numeric) or value < 0:
+            kind = "a number" if f.type == "float" else "a whole number"
+            raise ConfigError(f"limits.{f.name}: expected {kind} >= 0, got {value!r}")
+        values[f.name] = value
+    return Limits(**values)
+
+
+def _no_unknown(raw: dict[str, Any], known: set[str], *, where: str) -> None:
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"unknown setting {where}{key} (known: {', '.join(sorted(known))})")
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _list(value: Any, where: str) -> list[tuple[int, Any]]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list")
+    return list(enumerate(value))

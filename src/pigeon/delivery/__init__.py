@@ -1,0 +1,9 @@
+"""Delivery agents: one per route, each reporting a result per recipient.
+
+Agents deliver and report; they never retry or bounce by themselves (that is the queue's job).
+"""
+
+from .maildir import MaildirAgent
+from .result import DeliveryResult, Outcome
+
+__all__ = ["DeliveryResult", "MaildirAgent", "Outcome"]

@@ -1,0 +1,62 @@
+"""DNS through the resolvers the administrator named, and no others.
+
+Pigeon never falls back to the machine's /etc/resolv.conf: with no ``resolver`` configured
+there are no lookups at all. That keeps tests (which start their own DNS server on loopback)
+and cautious deployments from leaking queries.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
+import dns.reversename
+
+from pigeon.config import parse_host_port
+
+__all__ = ["make_resolver", "reverse_name"]
+
+
+def make_resolver(
+    servers: tuple[str, ...], *, timeout: float = 5.0
+) -> dns.asyncresolver.Resolver | None:
+    """A resolver that asks exactly ``servers`` ("127.0.0.1:5353", "[::1]:53"), or None."""
+    if not servers:
+        return None
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    nameservers = []
+    ports = set()
+    for server in servers:
+        host, port = parse_host_port(server, default_port=53)
+        nameservers.append(host)
+        ports.add(port)
+    if len(ports) > 1:
+        # dnspython's Resolver takes one port for all its servers.
+        raise ValueError("all resolver addresses must use the same port")
+    resolver.nameservers = nameservers
+    resolver.port = ports.pop()
+    resolver.lifetime = timeout
+    resolver.timeout = timeout
+    return resolver
+
+
+def is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
+async def reverse_name(resolver: dns.asyncresolver.Resolver | None, ip: str) -> str | None:
+    """The PTR name of ``ip`` without the final dot, or None. Loopback is never looked up."""
+    if resolver is None or is_loopback(ip):
+        return None
+    try:
+        answer = await resolver.resolve(dns.reversename.from_address(ip), "PTR")
+    except (dns.exception.DNSException, ValueError):
+        return None
+    for record in answer:
+        return str(record).rstrip(".")
+    return None

@@ -1,0 +1,21 @@
+"""The queue: the spool of accepted messages, and the scheduler that delivers them.
+
+``pigeon.queue`` is the only writer of the spool. The server hands it a message through
+``Spool.commit`` and may answer 250 once that returns; the scheduler takes it from there.
+"""
+
+from .envelope import Envelope
+from .ids import new_queue_id
+from .scheduler import Scheduler
+from .spool import BodyReader, MessageWriter, Spool, SpooledMessage, SpoolError
+
+__all__ = [
+    "BodyReader",
+    "Envelope",
+    "MessageWriter",
+    "Scheduler",
+    "Spool",
+    "SpoolError",
+    "SpooledMessage",
+    "new_queue_id",
+]

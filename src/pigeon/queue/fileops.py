@@ -1,0 +1,74 @@
+"""The file-system calls the spool makes, gathered in one class.
+
+The spool's promise (250 only after fsync) is about what happens when those calls fail or
+stall, and the only honest way to test that is to make them fail or stall on purpose. Every
+call that writes, syncs, truncates or removes spool data goes through a :class:`FileOps`, so
+a test can subclass it, override ``fdatasync`` to raise ``OSError`` or block on an event, and
+count calls. Production code uses the default instance, which is a thin layer over :mod:`os`.
+
+The methods run on the spool's I/O threads, never on the event loop (except the small
+appends of :meth:`pigeon.queue.spool.MessageWriter.write` to a spill file), so an override
+may block.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, StrOrBytesPath
+
+__all__ = ["FileOps"]
+
+
+class FileOps:
+    """Thin wrappers over :mod:`os`; subclass to inject faults or count calls."""
+
+    def open(self, path: StrOrBytesPath, flags: int, mode: int = 0o600) -> int:
+        return os.open(path, flags | getattr(os, "O_CLOEXEC", 0), mode)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def write(self, fd: int, data: ReadableBuffer) -> int:
+        return os.write(fd, data)
+
+    def pwritev(self, fd: int, buffers: Sequence[ReadableBuffer], offset: int) -> int:
+        """Write ``buffers`` at ``offset``; may write less than all (the caller loops)."""
+        if hasattr(os, "pwritev"):
+            return os.pwritev(fd, buffers, offset)
+        return os.pwrite(fd, buffers[0], offset)  # pragma: no cover - platforms without it
+
+    def pread(self, fd: int, length: int, offset: int) -> bytes:
+        return os.pread(fd, length, offset)
+
+    def copy_file_range(
+        self, src: int, dst: int, count: int, offset_src: int, offset_dst: int
+    ) -> int:
+        """Copy in the kernel; raises ``OSError(ENOSYS)`` where the call does not exist."""
+        if not hasattr(os, "copy_file_range"):  # pragma: no cover - non-Linux
+            raise OSError(errno.ENOSYS, "copy_file_range is not available")
+        return os.copy_file_range(src, dst, count, offset_src, offset_dst)
+
+    def fdatasync(self, fd: int) -> None:
+        # fdatasync flushes the data and the metadata needed to read it back (the size), not
+        # timestamps: all a spool record needs. macOS has no fdatasync.
+        if hasattr(os, "fdatasync"):
+            os.fdatasync(fd)
+        else:  # pragma: no cover - macOS
+            os.fsync(fd)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        os.ftruncate(fd, length)
+
+    def unlink(self, path: StrOrBytesPath) -> None:
+        os.unlink(path)
+
+    def rename(self, src: StrOrBytesPath, dst: StrOrBytesPath) -> None:
+        os.rename(src, dst)

@@ -1,0 +1,187 @@
+"""The scheduler: takes stored messages to their delivery agents, and tries again later.
+
+This is the first part of the queue manager: it delivers every recipient of every stored
+message, bounds how many deliveries run at once, and retries temporary failures with a
+growing delay. Blocking agents (Maildir writes and fsyncs) run in worker threads, so the
+event loop keeps serving SMTP sessions meanwhile.
+
+Delivery is idempotent (each recipient's copy has a name derived from the queue id), so a
+message that was being delivered when the process died is simply delivered again on start
+without making a second copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pigeon.delivery.maildir import MaildirAgent
+from pigeon.delivery.result import DeliveryResult, Outcome
+from pigeon.log import event
+
+from .spool import Spool, SpooledMessage
+
+__all__ = ["Scheduler"]
+
+MaildirFinder = Callable[[str], Path | None]
+
+
+@dataclass(slots=True)
+class _Job:
+    message: SpooledMessage
+    pending: list[int]  # indexes into envelope.recipients still to deliver
+    recovered: bool
+    attempts: int = 0
+    held: list[int] = field(default_factory=list)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        spool: Spool,
+        *,
+        local_agent: MaildirAgent,
+        find_maildir: MaildirFinder,
+        concurrency: int = 4,
+        retry_base: float = 60.0,
+        retry_max: float = 3600.0,
+    ) -> None:
+        self._spool = spool
+        self._agent = local_agent
+        self._find_maildir = find_maildir
+        self._concurrency = concurrency
+        self._retry_base = retry_base
+        self._retry_max = retry_max
+        self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
+        self._workers: list[asyncio.Task[None]] = []
+        self._retries: set[asyncio.TimerHandle] = set()
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def start(self) -> None:
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"delivery-{n}")
+            for n in range(self._concurrency)
+        ]
+
+    def submit(self, message: SpooledMessage, *, recovered: bool = False) -> None:
+        pending = list(range(len(message.envelope.recipients)))
+        self._enqueue(_Job(message, pending, recovered))
+
+    @property
+    def backlog(self) -> int:
+        return self._jobs.qsize() + self._active
+
+    async def wait_idle(self) -> None:
+        """Until nothing is queued or being delivered (retries waiting do not count)."""
+        while self.backlog:
+            self._idle.clear()
+            await self._idle.wait()
+
+    async def stop(self) -> None:
+        """Let deliveries under way finish; what is still queued stays in the spool."""
+        for handle in self._retries:
+            handle.cancel()
+        self._retries.clear()
+        while not self._jobs.empty():
+            self._jobs.get_nowait()
+        while self._active:
+            self._idle.clear()
+            await self._idle.wait()
+        for worker in self._workers:
+            worker.cancel()
+        for worker in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+        self._workers = []
+
+    def _enqueue(self, job: _Job) -> None:
+        self._idle.clear()
+        self._jobs.put_nowait(job)
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._jobs.get()
+            self._active += 1
+            try:
+                await self._run(job)
+            finally:
+                self._active -= 1
+                if not self.backlog:
+                    self._idle.set()
+
+    async def _run(self, job: _Job) -> None:
+        job.attempts += 1
+        results = await asyncio.to_thread(self._deliver, job)
+        message = job.message
+        envelope = message.envelope
+        deferred: list[int] = []
+        for index, result in results:
+            fields = {
+                "queue_id": message.queue_id,
+                "to": f"<{result.recipient}>",
+                "status": result.status,
+                "detail": result.detail,
+                "delay": f"{max(0.0, time.time() - envelope.received_at):.3f}",
+            }
+            if result.outcome is Outcome.DELIVERED:
+                event("delivered", **fields)
+            elif result.outcome is Outcome.DEFERRED:
+                deferred.append(index)
+                event("deferred", attempt=job.attempts, **fields)
+            else:
+                # Bounces arrive with the queue issue; until then a permanent failure is
+                # logged for the administrator and the recipient is given up.
+                event("failed", **fields)
+        job.pending = deferred
+        if deferred:
+            delay = min(self._retry_max, self._retry_base * 2 ** (job.attempts - 1))
+            loop = asyncio.get_running_loop()
+            handle: asyncio.TimerHandle
+
+            def retry() -> None:
+                self._retries.discard(handle)
+                self._enqueue(job)
+
+            handle = loop.call_later(delay, retry)
+            self._retries.add(handle)
+        elif not job.held:
+            await self._spool.mark_done(message)
+
+    def _deliver(self, job: _Job) -> list[tuple[int, DeliveryResult]]:
+        """Runs in a worker thread: one agent call per recipient still pending."""
+        message = job.message
+        envelope = message.envelope
+        results = []
+        for index in job.pending:
+            recipient = envelope.recipients[index]
+            maildir = self._find_maildir(recipient)
+            if maildir is None:
+                # A remote recipient, accepted from a trusted client. Relaying to other
+                # servers arrives with the queue issue; the message waits in the spool.
+                if index not in job.held:
+                    job.held.append(index)
+                    event(
+                        "held",
+                        queue_id=message.queue_id,
+                        to=f"<{recipient}>",
+                        detail="no transport for remote domains yet; kept in the spool",
+                    )
+                continue
+            with self._spool.open_body(message) as body:
+                result = self._agent.deliver(
+                    maildir,
+                    body,
+                    recipient=recipient,
+                    envelope=envelope,
+                    unique=f"{message.queue_id}.{index}",
+                    # After a restart the copy may exist already, even read and moved to cur/.
+                    check_existing=job.recovered or job.attempts > 1,
+                )
+            results.append((index, result))
+        return results

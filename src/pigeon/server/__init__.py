@@ -1,0 +1,5 @@
+"""Listeners and sessions: sockets in, ``pigeon.smtp`` events out, decisions from policy."""
+
+from .app import Server
+
+__all__ = ["Server"]

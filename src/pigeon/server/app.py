@@ -1,0 +1,124 @@
+"""The server: builds the spool, scheduler and policies, opens the listeners, shuts down.
+
+Start-up order matters for durability: the spool is recovered and every message found in it
+is handed to the scheduler before the first listener opens, so nothing accepted before a
+crash waits behind new mail or is forgotten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+
+from pigeon.config import Config
+from pigeon.delivery import MaildirAgent
+from pigeon.directory import Directory
+from pigeon.dns import make_resolver
+from pigeon.log import event as log
+from pigeon.policy import RelayPolicy
+from pigeon.queue.scheduler import Scheduler
+from pigeon.queue.spool import Spool
+
+from .context import Listener, ServerContext
+from .session import Session
+
+__all__ = ["Server"]
+
+
+class Server:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.addresses: list[tuple[str, int]] = []
+        self.recovered = 0
+        self._servers: list[asyncio.Server] = []
+        self._context: ServerContext | None = None
+        self._stopped = asyncio.Event()
+
+    @property
+    def context(self) -> ServerContext:
+        assert self._context is not None, "start() first"
+        return self._context
+
+    async def start(self) -> None:
+        config = self.config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        spool = Spool(config.spool_dir)
+        await spool.open()
+        directory = Directory(config.domains, mail_root=config.mail_dir)
+
+        def find_maildir(recipient: str) -> Path | None:
+            local, _, domain = recipient.rpartition("@")
+            mailbox = directory.find(local, domain)
+            return None if mailbox is None else mailbox.path
+
+        scheduler = Scheduler(
+            spool,
+            local_agent=MaildirAgent(hostname=config.hostname),
+            find_maildir=find_maildir,
+        )
+        self._context = ServerContext(
+            config=config,
+            directory=directory,
+            relay=RelayPolicy(directory, config.trusted_networks),
+            spool=spool,
+            scheduler=scheduler,
+            resolver=make_resolver(config.resolver),
+        )
+        recovered = await spool.recover()
+        scheduler.start()
+        for message in recovered:
+            scheduler.submit(message, recovered=True)
+        self.recovered = len(recovered)
+        if recovered:
+            log("recovered", messages=len(recovered))
+
+        loop = asyncio.get_running_loop()
+        for listener_config in config.listen:
+            listener = Listener.build(self._context, listener_config)
+            host, port = listener_config.host_port
+
+            def factory(listener: Listener = listener) -> Session:
+                return Session(listener)
+
+            server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
+            self._servers.append(server)
+            for sock in server.sockets:
+                bound = sock.getsockname()
+                self.addresses.append((str(bound[0]), int(bound[1])))
+                log("listening", address=f"{bound[0]}:{bound[1]}", compat=listener_config.compat)
+
+    async def shutdown(self) -> None:
+        """Graceful stop (SIGTERM): no new sessions; idle ones get 421 at once, those in the
+        middle of a message finish it first; after the grace period the rest are cut."""
+        context = self.context
+        if context.shutting_down:
+            return
+        context.shutting_down = True
+        log("shutdown", sessions=len(context.sessions))
+        for server in self._servers:
+            server.close()
+        for session in list(context.sessions):
+            session.shut_down()
+        if context.sessions:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(context.drained.wait(), context.config.limits.shutdown_grace)
+        for session in list(context.sessions):
+            session.abort()
+        for server in self._servers:
+            await server.wait_closed()
+        await context.scheduler.stop()
+        await context.spool.close()
+        self._stopped.set()
+
+    async def run_until_signalled(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, lambda: asyncio.ensure_future(self.shutdown()))
+        try:
+            await self._stopped.wait()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(signum)

@@ -1,0 +1,390 @@
+"""One SMTP session: bytes from the socket into ``pigeon.smtp``, its events into decisions.
+
+The session is an ``asyncio.Protocol``, not a stream reader: ``data_received`` parses and
+answers everything it can synchronously, and writes the replies of a pipelined batch in one
+``transport.write``. Only the end of a message waits (for the spool's fsync); meanwhile the
+core holds any pipelined commands in its buffer, and reading pauses if that grows too big.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import itertools
+import time
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from pigeon.dns import reverse_name
+from pigeon.log import event as log
+from pigeon.queue.envelope import Envelope
+from pigeon.queue.spool import MessageWriter, SpoolError
+from pigeon.smtp import (
+    NEED_DATA,
+    PAUSED,
+    Address,
+    ConnectionClosed,
+    DataCommand,
+    Event,
+    Expand,
+    Hello,
+    MailFrom,
+    MessageAborted,
+    MessageData,
+    MessageEnd,
+    RcptTo,
+    Reset,
+    ServerConnection,
+    State,
+    Turn,
+    Verify,
+    replies,
+)
+
+if TYPE_CHECKING:
+    from .context import Listener
+
+__all__ = ["Session"]
+
+# Pause reading when this much unparsed input piles up behind a pending reply.
+_HIGH_WATER = 256 * 1024
+_session_ids = itertools.count(1)
+
+
+class Session(asyncio.Protocol):
+    def __init__(self, listener: Listener) -> None:
+        self._listener = listener
+        self._context = listener.context
+        self.id = f"{next(_session_ids):x}"
+        self._transport: asyncio.Transport | None = None
+        self._conn: ServerConnection | None = None
+        self._client_ip = ""
+        self._client_port = 0
+        self._client_name: str | None = None  # from reverse DNS, when configured
+        self._busy = False  # waiting for the spool; events stay queued in the core
+        self._paused = False
+        self._closing = False  # shutdown asked: leave after the transaction under way
+        self._last_activity = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._sender: str | None = None
+        self._mail_parameters: dict[str, str | None] = {}
+        self._recipients: list[str] = []
+        self._discard_writer()
+
+    def _discard_writer(self) -> None:
+        writer: MessageWriter | None = getattr(self, "_writer", None)
+        if writer is not None:
+            writer.discard()
+        self._writer: MessageWriter | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self._client_ip, self._client_port = str(peer[0]), int(peer[1])
+        if self._client_ip.startswith("::ffff:"):
+            self._client_ip = self._client_ip[7:]
+        conn = ServerConnection(self._listener.smtp_settings, client_address=self._client_ip)
+        self._conn = conn
+        context = self._context
+        log("connect", session=self.id, client=f"{self._client_ip}:{self._client_port}")
+        if context.shutting_down:
+            conn.start(replies.shutting_down(context.config.hostname))
+        elif len(context.sessions) >= context.config.limits.connections:
+            conn.start(replies.too_many_connections(context.config.hostname))
+            log("refused", session=self.id, client=self._client_ip, reason="too many connections")
+        else:
+            context.sessions.add(self)
+            conn.start()
+            self._touch()
+            self._arm_timer()
+            if context.resolver is not None:
+                self._spawn(self._look_up_client())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        conn = self._conn
+        assert conn is not None
+        self._touch()
+        conn.receive_data(data)
+        self._pump()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        context = self._context
+        context.sessions.discard(self)
+        if context.shutting_down and not context.sessions:
+            context.drained.set()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._discard_writer()
+        conn = self._conn
+        log(
+            "disconnect",
+            session=self.id,
+            client=self._client_ip,
+            messages=conn.messages if conn else 0,
+            errors=conn.errors if conn else 0,
+            reason=str(exc) if exc else None,
+        )
+
+    # -- the event loop of one session --------------------------------------------------------
+    def _pump(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        while not self._busy:
+            if self._closing and conn.is_idle:
+                conn.abort(replies.shutting_down(self._context.config.hostname))
+            event = conn.next_event()
+            if event is NEED_DATA or event is PAUSED:
+                break
+            assert isinstance(event, Event)
+            if isinstance(event, ConnectionClosed):
+                self._flush()
+                self._close()
+                return
+            self._dispatch(event)
+        self._flush()
+        self._apply_backpressure(conn)
+
+    def _dispatch(self, event: Event) -> None:
+        conn = self._conn
+        assert conn is not None
+        if isinstance(event, MessageData):
+            if self._writer is not None:
+                self._writer.write(event.data)
+        elif isinstance(event, Hello):
+            self._reset()
+            conn.accept()
+        elif isinstance(event, MailFrom):
+            self._on_mail(event)
+        elif isinstance(event, RcptTo):
+            self._on_rcpt(event)
+        elif isinstance(event, DataCommand):
+            self._on_data()
+        elif isinstance(event, MessageEnd):
+            self._busy = True
+            self._spawn(self._commit(event))
+        elif isinstance(event, MessageAborted):
+            log(
+                "message",
+                session=self.id,
+                client=self._client_ip,
+                result="refused",
+                reason=event.reply.text,
+            )
+            self._reset()
+        elif isinstance(event, Reset):
+            self._reset()
+        elif isinstance(event, Verify):
+            conn.respond(self._listener.verify.verify(event.argument))
+        elif isinstance(event, Expand):
+            conn.respond(self._listener.verify.expand(event.argument))
+        elif isinstance(event, Turn):
+            # TURN without authentication would hand this server's mail to anyone who asks
+            # (RFC 5321 section 4.1.1): not offered until authenticated ATRN exists.
+            conn.respond(replies.NOT_IMPLEMENTED)
+        elif event.needs_reply:
+            conn.respond(replies.NOT_IMPLEMENTED)
+
+    def _on_mail(self, event: MailFrom) -> None:
+        conn = self._conn
+        assert conn is not None
+        if event.verb != "MAIL":
+            # SEND, SOML and SAML need a user's terminal; they come with the directory issue.
+            conn.respond(replies.NOT_IMPLEMENTED)
+            return
+        if not self._context.has_free_disk():
+            conn.respond(replies.INSUFFICIENT_STORAGE)
+            log("refused", session=self.id, client=self._client_ip, reason="disk below floor")
+            return
+        self._reset()
+        self._sender = "" if event.sender is None else str(event.sender)
+        self._mail_parameters = event.parameters
+        conn.accept()
+
+    def _on_rcpt(self, event: RcptTo) -> None:
+        conn = self._conn
+        assert conn is not None
+        policy = self._context.relay
+        recipient = policy.canonical_recipient(event.recipient)
+        refusal = policy.check_recipient(recipient, self._client_ip)
+        if refusal is not None:
+            conn.respond(refusal)
+            log(
+                "rcpt_refused",
+                session=self.id,
+                client=self._client_ip,
+                to=f"<{recipient}>",
+                reply=str(refusal),
+            )
+            return
+        # Domains are case-insensitive; local parts are kept as sent (RFC 5321 2.4).
+        self._recipients.append(str(Address(recipient.local_part, recipient.domain.lower())))
+        conn.accept()
+
+    def _on_data(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        if self._closing:
+            conn.respond(replies.shutting_down(self._context.config.hostname))
+            return
+        writer = self._context.spool.new_message()
+        self._writer = writer
+        writer.write(self._received_header(writer.queue_id))
+        conn.accept()
+
+    async def _commit(self, end: MessageEnd) -> None:
+        conn = self._conn
+        assert conn is not None
+        writer = self._writer
+        self._writer = None
+        try:
+            if writer is None or conn.closed:
+                return
+            envelope = Envelope(
+                sender=self._sender or "",
+                recipients=tuple(self._recipients),
+                client_address=self._client_ip,
+                client_name=self._client_name or "",
+                helo=conn.helo_name,
+                protocol="ESMTP" if conn.extended else "SMTP",
+                body_type=str(self._mail_parameters.get("BODY") or "7BIT"),
+                received_at=time.time(),
+                mail_parameters=tuple(self._mail_parameters.items()),
+            )
+            try:
+                stored = await self._context.spool.commit(writer, envelope)
+            except SpoolError as error:
+                writer.discard()
+                conn.respond(replies.LOCAL_ERROR)
+                log(
+                    "message",
+                    session=self.id,
+                    queue_id=writer.queue_id,
+                    result="deferred",
+                    reason=f"spool: {error}",
+                )
+                return
+            if not conn.closed:
+                conn.accept_message(stored.queue_id)
+            log(
+                "message",
+                session=self.id,
+                queue_id=stored.queue_id,
+                client=self._client_ip,
+                helo=conn.helo_name,
+                **{"from": f"<{envelope.sender}>"},
+                to=",".join(f"<{r}>" for r in envelope.recipients),
+                size=stored.size,
+                result="queued",
+            )
+            self._context.scheduler.submit(stored)
+        finally:
+            self._reset()
+            self._busy = False
+            if self._transport is not None and not self._transport.is_closing():
+                self._pump()
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _received_header(self, queue_id: str) -> bytes:
+        """RFC 5321 section 4.4 trace line, prepended to the message as it is stored."""
+        conn = self._conn
+        assert conn is not None
+        helo = conn.helo_name or f"[{self._client_ip}]"
+        client = f"{self._client_name or 'unknown'} [{self._client_ip}]"
+        protocol = "ESMTP" if conn.extended else "SMTP"
+        lines = [
+            f"Received: from {helo} ({client})",
+            f"\tby {self._context.config.hostname} (Pigeon) with {protocol} id {queue_id}",
+        ]
+        date = email.utils.format_datetime(email.utils.localtime())
+        if len(self._recipients) == 1:
+            # Naming the recipient only when there is one keeps Bcc recipients private.
+            lines.append(f"\tfor <{self._recipients[0]}>; {date}")
+        else:
+            lines[-1] += ";"
+            lines.append(f"\t{date}")
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+    async def _look_up_client(self) -> None:
+        self._client_name = await reverse_name(self._context.resolver, self._client_ip)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
+
+    def _flush(self) -> None:
+        conn = self._conn
+        transport = self._transport
+        if conn is None or transport is None:
+            return
+        out = conn.data_to_send()
+        if out and not transport.is_closing():
+            transport.write(out)
+        if conn.state is State.CLOSED:
+            self._close()
+
+    def _close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def _apply_backpressure(self, conn: ServerConnection) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if not self._paused and conn.buffered > _HIGH_WATER:
+            transport.pause_reading()
+            self._paused = True
+        elif self._paused and conn.buffered <= _HIGH_WATER // 2:
+            transport.resume_reading()
+            self._paused = False
+
+    def _touch(self) -> None:
+        self._last_activity = time.monotonic()
+
+    def _arm_timer(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        limits = self._context.config.limits
+        timeout = limits.data_timeout if conn.state is State.DATA else limits.command_timeout
+        if not timeout:
+            return
+        remaining = self._last_activity + timeout - time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(max(remaining, 0.05), self._on_timer)
+
+    def _on_timer(self) -> None:
+        """One timer per session, re-armed lazily: cheaper than resetting it on every read."""
+        conn = self._conn
+        assert conn is not None
+        self._timer = None
+        if conn.state is State.CLOSED:
+            return
+        limits = self._context.config.limits
+        timeout = limits.data_timeout if conn.state is State.DATA else limits.command_timeout
+        if not self._busy and time.monotonic() - self._last_activity >= timeout:
+            conn.abort(replies.timeout(self._context.config.hostname))
+            log("timeout", session=self.id, client=self._client_ip, state=conn.state.value)
+            self._flush()
+            self._close()
+            return
+        self._arm_timer()
+
+    def shut_down(self) -> None:
+        """Shutdown: idle sessions get 421 now, busy ones after their transaction."""
+        self._closing = True
+        conn = self._conn
+        if conn is not None and conn.is_idle and not self._busy:
+            conn.abort(replies.shutting_down(self._context.config.hostname))
+            self._flush()
+            self._close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()

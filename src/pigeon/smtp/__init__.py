@@ -1,0 +1,55 @@
+"""The SMTP protocol with no I/O: grammar, replies, and the server state machine.
+
+Nothing here touches sockets, files, clocks or asyncio, so the same core serves the server,
+the client and LMTP, and is tested byte for byte without a network.
+"""
+
+from ._events import (
+    Address,
+    ConnectionClosed,
+    DataCommand,
+    Event,
+    Expand,
+    Hello,
+    MailFrom,
+    MessageAborted,
+    MessageData,
+    MessageEnd,
+    RcptTo,
+    Reset,
+    Turn,
+    Verify,
+)
+from ._grammar import CommandError, parse_mailbox, valid_domain
+from ._replies import Reply
+from ._server import NEED_DATA, PAUSED, ServerConnection, ServerSettings
+from ._state import State
+
+__all__ = [
+    "NEED_DATA",
+    "PAUSED",
+    "Address",
+    "CommandError",
+    "ConnectionClosed",
+    "DataCommand",
+    "Event",
+    "Expand",
+    "Hello",
+    "MailFrom",
+    "MessageAborted",
+    "MessageData",
+    "MessageEnd",
+    "RcptTo",
+    "Reply",
+    "Reset",
+    "ServerConnection",
+    "ServerSettings",
+    "State",
+    "Turn",
+    "Verify",
+    "parse_mailbox",
+    "replies",
+    "valid_domain",
+]
+
+from . import _replies as replies

@@ -1,0 +1,150 @@
+"""Events: what the protocol core tells the program driving it.
+
+Each is a small frozen value. Those with ``needs_reply = True`` wait for the program's
+decision (``ServerConnection.accept()`` or ``respond()``) before the core reads the next
+command; the rest are information, already answered by the core where an answer was due.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from ._abnf import DOT_STRING
+from ._replies import Reply
+
+__all__ = [
+    "Address",
+    "ConnectionClosed",
+    "DataCommand",
+    "Event",
+    "Expand",
+    "Hello",
+    "MailFrom",
+    "MessageAborted",
+    "MessageData",
+    "MessageEnd",
+    "RcptTo",
+    "Reset",
+    "Turn",
+    "Verify",
+]
+
+_DOT_STRING_RE = re.compile(DOT_STRING)
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A mailbox, ``local_part@domain``.
+
+    ``local_part`` is decoded: the quotes and backslashes of a Quoted-string are gone, so a
+    check for "@" or "%" in it sees what the sender really asked for. ``domain`` is as sent,
+    which may be an address literal in brackets; it is empty only for the special RCPT path
+    ``<postmaster>`` (RFC 5321 section 4.1.1.3).
+    """
+
+    local_part: str
+    domain: str
+
+    @property
+    def is_postmaster(self) -> bool:
+        return self.local_part.lower() == "postmaster"
+
+    def __str__(self) -> str:
+        local = self.local_part
+        if not _DOT_STRING_RE.fullmatch(local):
+            # RFC 5321 section 4.1.2: quote it again the way it must be written.
+            local = '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return f"{local}@{self.domain}" if self.domain else local
+
+
+class Event:
+    needs_reply: ClassVar[bool] = False
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Event):
+    """HELO or EHLO. ``name`` is the client's claim; empty only for a bare HELO in classic mode."""
+
+    needs_reply: ClassVar[bool] = True
+    name: str
+    extended: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MailFrom(Event):
+    """MAIL, or one of the classic SEND, SOML, SAML (RFC 821 section 3.5) that start a
+    transaction the same way. ``sender`` is ``None`` for the null reverse-path ``<>``."""
+
+    needs_reply: ClassVar[bool] = True
+    sender: Address | None
+    parameters: dict[str, str | None] = field(default_factory=dict)
+    verb: Literal["MAIL", "SEND", "SOML", "SAML"] = "MAIL"
+    raw: str = ""  # the path as the client wrote it, for replies that echo it
+
+
+@dataclass(frozen=True, slots=True)
+class RcptTo(Event):
+    needs_reply: ClassVar[bool] = True
+    recipient: Address
+    parameters: dict[str, str | None] = field(default_factory=dict)
+    raw: str = ""
+    route: tuple[str, ...] = ()  # a source route the client gave; RFC 5321 says ignore it
+
+
+@dataclass(frozen=True, slots=True)
+class DataCommand(Event):
+    """DATA with at least one accepted recipient: answer 354 (``accept()``) or refuse."""
+
+    needs_reply: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class MessageData(Event):
+    """A piece of the message text, dot-unstuffed, with CRLF line ends, in order."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEnd(Event):
+    """The message is complete; answer 250 only once it is stored, or refuse it."""
+
+    needs_reply: ClassVar[bool] = True
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageAborted(Event):
+    """The message ended but was refused by the core (size, line length, bare line ends).
+    The reply has been sent; drop what was stored of it."""
+
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
+class Reset(Event):
+    """The transaction was dropped (RSET, HELO, EHLO); forget its sender and recipients."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verify(Event):
+    needs_reply: ClassVar[bool] = True
+    argument: str
+
+
+@dataclass(frozen=True, slots=True)
+class Expand(Event):
+    needs_reply: ClassVar[bool] = True
+    argument: str
+
+
+@dataclass(frozen=True, slots=True)
+class Turn(Event):
+    needs_reply: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed(Event):
+    """The core has said its last word (221 or 421); flush the output and close."""

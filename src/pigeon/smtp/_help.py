@@ -1,0 +1,42 @@
+"""The text of HELP (RFC 5321 section 4.1.1.8): the list of commands, and each explained."""
+
+from __future__ import annotations
+
+__all__ = ["COMMAND_HELP", "command_list"]
+
+COMMAND_HELP: dict[str, tuple[str, ...]] = {
+    "HELO": ("HELO <domain>", "Introduce yourself (SMTP). Starts the session."),
+    "EHLO": (
+        "EHLO <domain>",
+        "Introduce yourself (ESMTP); the reply lists the extensions offered.",
+    ),
+    "MAIL": (
+        "MAIL FROM:<sender> [SIZE=<octets>] [BODY=7BIT|8BITMIME]",
+        "Start a mail transaction; <> is the null sender of bounces.",
+    ),
+    "RCPT": ("RCPT TO:<recipient>", "Add a recipient; repeat for several."),
+    "DATA": (
+        "DATA",
+        "Send the message text after the 354 reply; end it with a line holding only '.'.",
+    ),
+    "RSET": ("RSET", "Abort the current mail transaction."),
+    "NOOP": ("NOOP", "Do nothing; the server answers 250."),
+    "QUIT": ("QUIT", "End the session."),
+    "HELP": ("HELP [<command>]", "List the commands, or explain one."),
+    "VRFY": ("VRFY <user>", "Ask whether a mailbox exists (may be refused by policy)."),
+    "EXPN": ("EXPN <list>", "Ask for the members of a mailing list (may be refused by policy)."),
+    "SEND": ("SEND FROM:<sender>", "Deliver to the user's terminal only (RFC 821)."),
+    "SOML": ("SOML FROM:<sender>", "Deliver to the terminal if logged in, else mailbox (RFC 821)."),
+    "SAML": ("SAML FROM:<sender>", "Deliver to the terminal and the mailbox (RFC 821)."),
+    "TURN": ("TURN", "Reverse the roles of client and server (RFC 821)."),
+}
+
+
+def command_list() -> tuple[str, ...]:
+    names = " ".join(COMMAND_HELP)
+    return (
+        "Pigeon SMTP server; commands:",
+        names,
+        "HELP <command> explains one. Mail for the postmaster: RCPT TO:<postmaster>",
+        "End of HELP info",
+    )

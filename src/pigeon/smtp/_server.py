@@ -1,0 +1,524 @@
+"""``ServerConnection``: the server side of SMTP as a state machine, with no I/O.
+
+The program driving it (``pigeon.server``) feeds it bytes and asks for events::
+
+    conn = ServerConnection(settings, client_address="192.0.2.1")
+    conn.start()                        # queue the 220 greeting
+    conn.receive_data(data)
+    while True:
+        event = conn.next_event()
+        if event is NEED_DATA or event is PAUSED:
+            break
+        ...                             # decide, then conn.accept() / conn.respond(reply)
+    transport.write(conn.data_to_send())
+
+Commands the core can answer alone (syntax errors, sequence errors, NOOP, RSET, HELP, QUIT)
+are answered here and never reach the program. A command that needs a decision (HELO, MAIL,
+RCPT, DATA, VRFY, ...) comes out as an event with ``needs_reply``; until the program replies,
+``next_event()`` returns ``PAUSED`` and pipelined commands wait in the buffer, so replies
+always leave in the order of the commands (RFC 2920).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, Final
+
+from . import _replies as replies
+from ._data import DataReader
+from ._events import (
+    ConnectionClosed,
+    DataCommand,
+    Event,
+    Expand,
+    Hello,
+    MailFrom,
+    MessageAborted,
+    MessageData,
+    MessageEnd,
+    RcptTo,
+    Reset,
+    Turn,
+    Verify,
+)
+from ._grammar import CommandError, _printable, parse_parameters, parse_path, valid_domain
+from ._help import COMMAND_HELP, command_list
+from ._replies import Reply
+from ._state import SEQUENCE, State, sequence_error
+
+__all__ = ["NEED_DATA", "PAUSED", "ServerConnection", "ServerSettings"]
+
+
+class _Sentinel:
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+NEED_DATA: Final = _Sentinel("NEED_DATA")
+"""No complete command (or piece of message) is buffered; feed more bytes."""
+PAUSED: Final = _Sentinel("PAUSED")
+"""An event is waiting for the program's reply; nothing more is read until it comes."""
+
+# Commands that exist in other SMTP servers' vocabularies but that this server does not
+# offer: they get 502 "not implemented" rather than 500 "unrecognized".
+_NOT_OFFERED = frozenset({"STARTTLS", "AUTH", "BDAT", "ETRN", "ATRN", "VERB", "ONEX", "XCLIENT"})
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """What the protocol core needs to know about the server. Limits default to RFC 5321
+    section 4.5.3.1 and to Postfix's defaults."""
+
+    hostname: str = "localhost"
+    banner: str = "ESMTP Pigeon"
+    # RFC 821 compatibility: bare HELO, paths without <>, comments in paths, and the
+    # sendmail-style reply texts of the classic sample conversation.
+    classic: bool = False
+    max_message_size: int = 25 * 1024 * 1024  # 0: no limit
+    max_recipients: int = 1000
+    max_errors: int = 10
+    max_command_line: int = 512  # octets including CRLF (4.5.3.1.4)
+    max_text_line: int = 1000  # octets including CRLF (4.5.3.1.6)
+    reject_bare_line_ends: bool = True
+    pipelining: bool = True
+    eightbitmime: bool = True
+    enhanced_status_codes: bool = True
+
+
+class ServerConnection:
+    """One SMTP session, server side."""
+
+    _Handler = Callable[["ServerConnection", str, str], Event | None]
+
+    def __init__(self, settings: ServerSettings, *, client_address: str = "") -> None:
+        self.settings = settings
+        self.client_address = client_address
+        self.state = State.GREETING
+        self.helo_name = ""
+        self.extended = False  # EHLO was accepted: ESMTP parameters and enhanced codes
+        self.errors = 0
+        self.messages = 0
+        self._in = bytearray()
+        self._out: list[bytes] = []
+        self._pending: Event | None = None
+        self._discarding_long_line = False
+        self._reader: DataReader | None = None
+        self._close_after_output = False
+        self._reset_transaction()
+
+    # -- feeding and draining -----------------------------------------------------------------
+    def receive_data(self, data: bytes) -> None:
+        if self.state is not State.CLOSED:
+            self._in += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet parsed: the driver stops reading when this grows."""
+        return len(self._in)
+
+    def data_to_send(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    @property
+    def awaiting_reply(self) -> Event | None:
+        return self._pending
+
+    @property
+    def is_idle(self) -> bool:
+        """Between commands, with nothing half-done: safe to close with 421."""
+        return self._pending is None and self.state not in (State.DATA, State.CLOSED)
+
+    # -- the program's side -------------------------------------------------------------------
+    def start(self, refusal: Reply | None = None) -> None:
+        """Send the greeting, or ``refusal`` (421) to turn the client away."""
+        if self.state is not State.GREETING:
+            raise RuntimeError("the greeting was sent already")
+        if refusal is not None:
+            self._close(refusal)
+            return
+        self.state = State.START
+        self._emit(replies.service_ready(self.settings.hostname, self.settings.banner))
+
+    def accept(self) -> None:
+        """Give the usual positive reply to the pending event."""
+        event = self._pending
+        if event is None:
+            raise RuntimeError("no command is waiting for a reply")
+        classic = self.settings.classic
+        if isinstance(event, Hello):
+            self.respond(self._hello_reply(event))
+        elif isinstance(event, MailFrom):
+            self.respond(
+                Reply.of(250, f"{event.raw}... Sender ok") if classic else replies.SENDER_OK
+            )
+        elif isinstance(event, RcptTo):
+            self.respond(
+                Reply.of(250, f"{event.raw}... Recipient ok") if classic else replies.RECIPIENT_OK
+            )
+        elif isinstance(event, DataCommand):
+            self.respond(
+                Reply.of(354, 'Enter mail, end with "." on a line by itself')
+                if classic
+                else replies.START_MAIL_INPUT
+            )
+        else:
+            raise RuntimeError(f"{type(event).__name__} has no standard positive reply")
+
+    def accept_message(self, queue_id: str) -> None:
+        """The message is safely stored: say so, naming its queue id."""
+        if self.settings.classic:
+            self.respond(Reply.of(250, f"{queue_id} Message accepted for delivery"))
+        else:
+            self.respond(replies.queued(queue_id))
+
+    def respond(self, reply: Reply) -> None:
+        """Answer the pending event with ``reply``; its code decides the next state."""
+        event = self._pending
+        if event is None:
+            raise RuntimeError("no command is waiting for a reply")
+        self._pending = None
+        positive = reply.is_positive
+        if isinstance(event, Hello):
+            if positive:
+                self._reset_transaction()
+                self.helo_name = event.name
+                self.extended = event.extended
+                self.state = State.READY
+        elif isinstance(event, MailFrom):
+            if positive:
+                self.state = State.MAIL
+        elif isinstance(event, RcptTo):
+            if positive:
+                self._recipients += 1
+                self.state = State.RCPT
+            else:
+                self._recipients_refused = True
+        elif isinstance(event, DataCommand):
+            if reply.code == 354:
+                self.state = State.DATA
+                limit = self.settings.max_message_size
+                self._reader = DataReader(
+                    max_size=limit or None,
+                    max_line=self.settings.max_text_line,
+                    reject_bare_line_ends=self.settings.reject_bare_line_ends,
+                )
+        elif isinstance(event, MessageEnd):
+            if positive:
+                self.messages += 1
+            self._reset_transaction()
+            self.state = State.READY
+        if reply.code == 421:
+            self._close(reply)
+        elif reply.code >= 500:
+            self._error(reply)  # a refusal counts toward the error limit, as in Postfix
+        else:
+            self._emit(reply)
+
+    def abort(self, reply: Reply) -> None:
+        """Say ``reply`` (a 421: timeout, shutdown) out of turn and close the session."""
+        self._pending = None
+        self._close(reply)
+
+    # -- reading ------------------------------------------------------------------------------
+    def next_event(self) -> Event | _Sentinel:
+        while True:
+            if self.state is State.CLOSED:
+                return ConnectionClosed()
+            if self._pending is not None:
+                return PAUSED
+            if self.state is State.GREETING:
+                return NEED_DATA  # early talkers wait for the greeting
+            if self.state is State.DATA:
+                return self._next_data_event()
+            line = self._next_line()
+            if line is None:
+                if self.closed:
+                    continue  # an over-long or bare-LF line was the last error allowed
+                return NEED_DATA
+            event = self._handle_line(line)
+            if event is not None:
+                if event.needs_reply:
+                    self._pending = event
+                return event
+
+    def _next_line(self) -> bytes | None:
+        """One command line without its CRLF, or None when no complete line is buffered.
+
+        A line over the limit is answered with 500 and skipped; a line ended by a bare LF is
+        answered with 500 (the client would otherwise wait forever for an answer)."""
+        buf = self._in
+        limit = self.settings.max_command_line
+        while True:
+            end = buf.find(b"\n")
+            if end < 0:
+                if len(buf) >= limit:
+                    # Keep nothing but a trailing CR that may pair with the next byte.
+                    self._discarding_long_line = True
+                    tail = buf[-1:] if buf.endswith(b"\r") else b""
+                    buf[:] = tail
+                return None
+            if self._discarding_long_line:
+                del buf[: end + 1]
+                self._discarding_long_line = False
+                self._error(replies.LINE_TOO_LONG)
+                if self.closed:
+                    return None
+                continue
+            if end + 1 > limit:
+                del buf[: end + 1]
+                self._error(replies.LINE_TOO_LONG)
+                if self.closed:
+                    return None
+                continue
+            if end == 0 or buf[end - 1] != 0x0D:
+                del buf[: end + 1]
+                self._error(replies.BARE_LF_IN_COMMAND)
+                if self.closed:
+                    return None
+                continue
+            line = bytes(buf[: end - 1])
+            del buf[: end + 1]
+            return line
+
+    def _handle_line(self, raw: bytes) -> Event | None:
+        try:
+            # Commands are ASCII (RFC 5321 section 2.4); CR, NUL and other controls in them are
+            # garbage, not something to parse around.
+            line = raw.decode("ascii")
+            if not line.isprintable():
+                raise UnicodeDecodeError("ascii", raw, 0, len(raw), "control character")
+        except UnicodeDecodeError:
+            self._error(replies.INVALID_CHARACTERS)
+            return None
+        verb, _, argument = line.partition(" ")
+        verb = verb.upper()
+        handler = self._HANDLERS.get(verb)
+        if handler is None:
+            if verb in _NOT_OFFERED:
+                self._error(replies.NOT_IMPLEMENTED)
+            else:
+                self._error(replies.COMMAND_UNRECOGNIZED)
+            return None
+        allowed = SEQUENCE.get(verb)
+        if allowed is not None and self.state not in allowed:
+            self._error(
+                sequence_error(verb, self.state, recipients_refused=self._recipients_refused)
+            )
+            return None
+        try:
+            return handler(self, verb, argument)
+        except CommandError as error:
+            self._error(error.reply)
+            return None
+
+    # -- command handlers: return an event, or None when the core answered itself ------------
+    def _on_hello(self, verb: str, argument: str) -> Event | None:
+        name = argument.strip(" ")
+        if not name:
+            if self.settings.classic and verb == "HELO":
+                return Hello("", extended=False)
+            raise CommandError(replies.syntax(f"Syntax: {verb} <domain>: your domain is missing"))
+        if " " in name and not self.settings.classic:
+            raise CommandError(
+                replies.syntax(f"Syntax: {verb} <domain>: one domain name, no spaces")
+            )
+        if name.startswith("[") and not valid_domain(name):
+            raise CommandError(replies.syntax(f"{verb}: invalid address literal {name}"))
+        # Any other single token is taken as given, as Postfix does by default: rejecting
+        # hostnames with an underscore would turn away real clients for no gain.
+        return Hello(name, extended=verb == "EHLO")
+
+    def _on_mail(self, verb: str, argument: str) -> Event | None:
+        path = parse_path(
+            argument, keyword="FROM", for_recipient=False, classic=self.settings.classic
+        )
+        parameters = self._parameters(path.rest)
+        for keyword, value in parameters.items():
+            if keyword == "SIZE":
+                if value is None or not value.isdigit() or len(value) > 20:
+                    raise CommandError(replies.syntax("SIZE takes a number of octets"))
+                limit = self.settings.max_message_size
+                if limit and int(value) > limit:
+                    raise CommandError(replies.MESSAGE_TOO_BIG)
+            elif keyword == "BODY" and self.settings.eightbitmime:
+                body = (value or "").upper()
+                if body == "BINARYMIME":
+                    raise CommandError(
+                        Reply.of(
+                            504, "BODY=BINARYMIME needs CHUNKING, which is not offered", "5.5.4"
+                        )
+                    )
+                if body not in ("7BIT", "8BITMIME"):
+                    raise CommandError(replies.syntax("BODY takes 7BIT or 8BITMIME"))
+                parameters[keyword] = body
+            else:
+                raise CommandError(replies.PARAMETERS_NOT_RECOGNIZED)
+        return MailFrom(path.address, parameters, verb=verb, raw=path.raw)  # type: ignore[arg-type]
+
+    def _on_rcpt(self, verb: str, argument: str) -> Event | None:
+        if self._recipients >= self.settings.max_recipients:
+            raise CommandError(replies.TOO_MANY_RECIPIENTS)
+        classic = self.settings.classic
+        path = parse_path(argument, keyword="TO", for_recipient=True, classic=classic)
+        parameters = self._parameters(path.rest)
+        if parameters:
+            raise CommandError(replies.PARAMETERS_NOT_RECOGNIZED)
+        assert path.address is not None  # parse_path refuses <> for recipients
+        return RcptTo(path.address, parameters, raw=path.raw, route=path.route)
+
+    def _on_data(self, verb: str, argument: str) -> Event | None:
+        self._no_argument(verb, argument)
+        return DataCommand()
+
+    def _on_rset(self, verb: str, argument: str) -> Event | None:
+        self._no_argument(verb, argument)
+        had_transaction = self.state in (State.MAIL, State.RCPT)
+        self._reset_transaction()
+        if self.state is not State.START:
+            self.state = State.READY
+        self._emit(replies.RESET_OK)
+        return Reset() if had_transaction else None
+
+    def _on_noop(self, verb: str, argument: str) -> Event | None:
+        # RFC 5321 section 4.1.1.9: NOOP may carry a string, which is ignored.
+        self._emit(replies.NOOP_OK)
+        return None
+
+    def _on_quit(self, verb: str, argument: str) -> Event | None:
+        self._no_argument(verb, argument)
+        if self.settings.classic:
+            self._close(Reply.of(221, f"{self.settings.hostname} closing connection", "2.0.0"))
+        else:
+            self._close(replies.closing(self.settings.hostname))
+        return ConnectionClosed()
+
+    def _on_help(self, verb: str, argument: str) -> Event | None:
+        topic = argument.strip(" ").upper()
+        if not topic:
+            self._emit(Reply(214, command_list(), "2.0.0"))
+            return None
+        text = COMMAND_HELP.get(topic)
+        if text is None:
+            raise CommandError(
+                Reply.of(504, f"HELP: no such command {_printable(topic)}; try HELP", "5.5.4")
+            )
+        self._emit(Reply(214, (*text, "End of HELP info"), "2.0.0"))
+        return None
+
+    def _on_vrfy(self, verb: str, argument: str) -> Event | None:
+        target = argument.strip(" ")
+        if not target:
+            raise CommandError(replies.syntax(f"Syntax: {verb} <address>"))
+        return Verify(target) if verb == "VRFY" else Expand(target)
+
+    def _on_turn(self, verb: str, argument: str) -> Event | None:
+        self._no_argument(verb, argument)
+        return Turn()
+
+    _HANDLERS: ClassVar[dict[str, _Handler]] = {
+        "HELO": _on_hello,
+        "EHLO": _on_hello,
+        "MAIL": _on_mail,
+        "SEND": _on_mail,
+        "SOML": _on_mail,
+        "SAML": _on_mail,
+        "RCPT": _on_rcpt,
+        "DATA": _on_data,
+        "RSET": _on_rset,
+        "NOOP": _on_noop,
+        "QUIT": _on_quit,
+        "HELP": _on_help,
+        "VRFY": _on_vrfy,
+        "EXPN": _on_vrfy,
+        "TURN": _on_turn,
+    }
+
+    # -- DATA ---------------------------------------------------------------------------------
+    def _next_data_event(self) -> Event | _Sentinel:
+        reader = self._reader
+        assert reader is not None
+        chunk = reader.feed(self._in)
+        if chunk:
+            return MessageData(chunk)
+        if not reader.finished:
+            return NEED_DATA
+        self._reader = None
+        refusal = reader.refusal
+        if refusal is not None:
+            self._reset_transaction()
+            self.state = State.READY
+            self._error(refusal)
+            return MessageAborted(refusal)
+        event = MessageEnd(reader.size)
+        self._pending = event
+        return event
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _parameters(self, text: str) -> dict[str, str | None]:
+        parameters = parse_parameters(text)
+        if parameters and not self.extended:
+            # RFC 5321 section 4.1.1.2: parameters only after EHLO introduced ESMTP.
+            raise CommandError(Reply.of(555, "MAIL/RCPT parameters need an EHLO session", "5.5.4"))
+        return parameters
+
+    @staticmethod
+    def _no_argument(verb: str, argument: str) -> None:
+        if argument.strip(" "):
+            raise CommandError(replies.syntax(f"Syntax: {verb} takes no argument"))
+
+    def _hello_reply(self, event: Hello) -> Reply:
+        hostname = self.settings.hostname
+        if not event.extended:
+            if self.settings.classic:
+                # A bare HELO names the client by its address, as sendmail did.
+                client = f"[{self.client_address}]"
+                name = f"{event.name} {client}" if event.name else client
+                return Reply.of(250, f"{hostname} Hello {name}, pleased to meet you")
+            return Reply.of(250, hostname)
+        lines = [hostname]
+        if self.settings.pipelining:
+            lines.append("PIPELINING")
+        if self.settings.max_message_size:
+            lines.append(f"SIZE {self.settings.max_message_size}")
+        else:
+            lines.append("SIZE")
+        if self.settings.eightbitmime:
+            lines.append("8BITMIME")
+        if self.settings.enhanced_status_codes:
+            lines.append("ENHANCEDSTATUSCODES")
+        lines.append("HELP")
+        return Reply(250, tuple(lines))
+
+    def _reset_transaction(self) -> None:
+        self._recipients = 0
+        self._recipients_refused = False
+        self._reader = None
+
+    def _emit(self, reply: Reply) -> None:
+        # RFC 2034 section 3: enhanced codes once offered, never in the greeting or EHLO reply
+        # (which carry no status in the catalogue).
+        enhanced = self.extended and self.settings.enhanced_status_codes
+        self._out.append(reply.to_bytes(enhanced=enhanced))
+
+    def _error(self, reply: Reply) -> None:
+        """Answer a client error; too many of them and the session is dropped (421)."""
+        self._emit(reply)
+        self.errors += 1
+        if self.settings.max_errors and self.errors >= self.settings.max_errors:
+            self._close(replies.too_many_errors(self.settings.hostname))
+
+    def _close(self, reply: Reply) -> None:
+        self._emit(reply)
+        self.state = State.CLOSED
+        self._in.clear()
+        self._pending = None

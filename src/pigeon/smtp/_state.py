@@ -1,0 +1,72 @@
+"""The server state machine: everything that affects which command may come when lives here.
+
+RFC 5321 section 4.1.4 gives the order: a session opens with HELO or EHLO; a mail transaction
+is MAIL, one or more RCPT, then DATA; RSET, HELO and EHLO abort a transaction; NOOP, HELP,
+VRFY, EXPN and QUIT may come at any time. SEND, SOML and SAML (RFC 821 section 3.5) start a
+transaction exactly as MAIL does.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from . import _replies as replies
+from ._replies import Reply
+
+__all__ = ["SEQUENCE", "State", "sequence_error"]
+
+
+class State(enum.Enum):
+    GREETING = "greeting"  # connected, greeting not yet sent
+    START = "start"  # greeted, waiting for HELO/EHLO
+    READY = "ready"  # introduced, no transaction
+    MAIL = "mail"  # reverse-path accepted, no recipient yet
+    RCPT = "rcpt"  # at least one recipient accepted
+    DATA = "data"  # reading the message text
+    CLOSED = "closed"
+
+
+_ANY = frozenset({State.START, State.READY, State.MAIL, State.RCPT})
+_TRANSACTION_START = frozenset({State.READY})
+
+# verb -> states in which it is in sequence.
+SEQUENCE: dict[str, frozenset[State]] = {
+    "HELO": _ANY,
+    "EHLO": _ANY,
+    "MAIL": _TRANSACTION_START,
+    "SEND": _TRANSACTION_START,
+    "SOML": _TRANSACTION_START,
+    "SAML": _TRANSACTION_START,
+    "RCPT": frozenset({State.MAIL, State.RCPT}),
+    "DATA": frozenset({State.RCPT}),
+    "RSET": _ANY,
+    "NOOP": _ANY,
+    "QUIT": _ANY,
+    "HELP": _ANY,
+    "VRFY": _ANY,
+    "EXPN": _ANY,
+    "TURN": frozenset({State.READY}),
+}
+
+
+def sequence_error(verb: str, state: State, *, recipients_refused: bool) -> Reply:
+    """The 503 (or 554) reply for ``verb`` arriving in ``state``, saying what was expected."""
+    if verb in ("MAIL", "SEND", "SOML", "SAML", "TURN"):
+        if state is State.START:
+            return replies.bad_sequence("Send HELO/EHLO first")
+        return replies.bad_sequence("Nested MAIL command")
+    if verb == "RCPT":
+        if state is State.START:
+            return replies.bad_sequence("Send HELO/EHLO first")
+        return replies.bad_sequence("Need MAIL command before RCPT")
+    if verb == "DATA":
+        if state is State.MAIL:
+            # RFC 5321 section 3.3: after MAIL whose every RCPT was refused, DATA may get
+            # 554 "no valid recipients"; without any RCPT at all it is out of sequence.
+            if recipients_refused:
+                return replies.NO_VALID_RECIPIENTS
+            return replies.bad_sequence("Need RCPT command before DATA")
+        if state is State.START:
+            return replies.bad_sequence("Send HELO/EHLO first")
+        return replies.bad_sequence("Need MAIL command before DATA")
+    return replies.bad_sequence("Bad sequence of commands")

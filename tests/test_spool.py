@@ -1,0 +1,634 @@
+"""The spool: 250 only after fsync, group commit, refused batches, and recovery.
+
+Everything runs on real files under ``tmp_path``. Faults and stalls are injected through the
+:class:`FileOps` seam, which is also how the tests count syncs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import io
+import logging
+import os
+import threading
+from collections import Counter
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pytest
+
+from pigeon.queue.envelope import Envelope
+from pigeon.queue.fileops import FileOps
+from pigeon.queue.spool import RECORD_MAGIC, Spool, SpooledMessage, SpoolError
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
+
+T = TypeVar("T")
+
+ENVELOPE = Envelope(
+    sender="alice@example.org",
+    recipients=("bob@example.net", "carol@exämple.net"),
+    client_address="192.0.2.1",
+    client_name="client.example.org",
+    helo="client.example.org",
+    received_at=1_700_000_000.25,
+    mail_parameters=(("BODY", "8BITMIME"), ("SMTPUTF8", None)),
+)
+SEGMENT_HEADER_SIZE = 20
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def envelope(n: int) -> Envelope:
+    return Envelope(sender=f"s{n}@example.org", recipients=(f"r{n}@example.net",))
+
+
+class FaultyOps(FileOps):
+    """Counts calls, and raises the error stored under an operation's name on its next call."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.fail: dict[str, OSError] = {}
+        self._lock = threading.Lock()
+
+    def _enter(self, name: str) -> None:
+        with self._lock:
+            self.calls[name] += 1
+            error = self.fail.pop(name, None)
+        if error is not None:
+            raise error
+
+    def fdatasync(self, fd: int) -> None:
+        self._enter("fdatasync")
+        super().fdatasync(fd)
+
+    def fsync(self, fd: int) -> None:
+        self._enter("fsync")
+        super().fsync(fd)
+
+    def pwritev(self, fd: int, buffers: Sequence[ReadableBuffer], offset: int) -> int:
+        self._enter("pwritev")
+        return super().pwritev(fd, buffers, offset)
+
+    def copy_file_range(
+        self, src: int, dst: int, count: int, offset_src: int, offset_dst: int
+    ) -> int:
+        self._enter("copy_file_range")
+        return super().copy_file_range(src, dst, count, offset_src, offset_dst)
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        self._enter("ftruncate")
+        super().ftruncate(fd, length)
+
+
+class StallingOps(FaultyOps):
+    """fdatasync waits until the test releases it, and tells the test it has begun."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def fdatasync(self, fd: int) -> None:
+        self._enter("fdatasync")
+        self.entered.set()
+        if not self.release.wait(timeout=10):
+            raise OSError(errno.ETIMEDOUT, "the test never released fdatasync")
+        FileOps.fdatasync(self, fd)
+
+
+async def store(
+    spool: Spool, body: bytes, env: Envelope = ENVELOPE, chunk: int = 64 << 10
+) -> SpooledMessage:
+    writer = spool.new_message()
+    for i in range(0, len(body), chunk):
+        writer.write(body[i : i + chunk])
+    return await spool.commit(writer, env)
+
+
+def read_body(spool: Spool, message: SpooledMessage) -> bytes:
+    with spool.open_body(message) as f:
+        return f.readall()
+
+
+async def recovered(root: Path, **kwargs: Any) -> list[tuple[str, Envelope, bytes]]:
+    async with Spool(root, **kwargs) as spool:
+        return [(m.queue_id, m.envelope, read_body(spool, m)) for m in await spool.recover()]
+
+
+def segment_files(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "segments").iterdir())
+
+
+# -- the round trip ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1024, 3 << 20], ids=["empty", "1KiB", "3MiB-spilled"])
+def test_commit_then_recover_returns_envelope_and_body_byte_for_byte(
+    tmp_path: Path, size: int
+) -> None:
+    body = (os.urandom(size // 2) + b"line\r\n.\r\n\x00\xff" * (size // 20))[:size]
+    body += os.urandom(size - len(body))
+
+    async def scenario() -> SpooledMessage:
+        async with Spool(tmp_path) as spool:
+            assert await spool.recover() == []
+            writer = spool.new_message()
+            for i in range(0, size, 65536):
+                writer.write(body[i : i + 65536])
+            assert writer.size == size
+            assert writer.spilled == (size > 1 << 20)
+            message = await spool.commit(writer, ENVELOPE)
+            assert message.queue_id == writer.queue_id
+            assert message.size == size
+            assert read_body(spool, message) == body
+            assert list((tmp_path / "tmp").iterdir()) == []  # the spill file is gone
+            return message
+
+    message = run(scenario())
+    assert run(recovered(tmp_path)) == [(message.queue_id, ENVELOPE, body)]
+
+
+def test_many_messages_come_back_in_arrival_order(tmp_path: Path) -> None:
+    bodies = [b"message %d\r\n" % i * (i + 1) for i in range(30)]
+
+    async def scenario() -> list[str]:
+        async with Spool(tmp_path, segment_limit=2000) as spool:
+            return [(await store(spool, b, envelope(i))).queue_id for i, b in enumerate(bodies)]
+
+    queue_ids = run(scenario())
+    assert len(segment_files(tmp_path)) > 3  # the small limit made it rotate
+    got = run(recovered(tmp_path))
+    assert got == [
+        (q, envelope(i), b) for i, (q, b) in enumerate(zip(queue_ids, bodies, strict=True))
+    ]
+
+
+def test_body_reader_reads_exactly_the_body(tmp_path: Path) -> None:
+    body = bytes(range(256)) * 40
+
+    async def scenario() -> None:
+        async with Spool(tmp_path) as spool:
+            first = await store(spool, body)
+            await store(spool, b"the next record must not leak into the first body")
+            with spool.open_body(first) as f:
+                assert f.read(10) == body[:10]
+                buf = bytearray(100)
+                assert f.readinto(buf) == 100
+                assert bytes(buf) == body[10:110]
+                assert f.tell() == 110
+                f.seek(-5, io.SEEK_END)
+                assert f.read() == body[-5:]
+                assert f.read() == b""
+                f.seek(0)
+                assert f.readall() == body
+            with spool.open_body(first) as raw, io.BufferedReader(raw) as buffered:
+                assert buffered.read() == body
+            assert f.closed
+            with pytest.raises(ValueError, match="closed"):
+                f.read(1)
+
+    run(scenario())
+
+
+# -- group commit and the ordering rule --------------------------------------------------
+
+
+def test_concurrent_commits_share_fdatasyncs(tmp_path: Path) -> None:
+    ops = FaultyOps()
+
+    async def scenario() -> list[SpooledMessage]:
+        async with Spool(tmp_path, fileops=ops) as spool:
+            return await asyncio.gather(
+                *(store(spool, b"body %d\r\n" % i, envelope(i)) for i in range(50))
+            )
+
+    messages = run(scenario())
+    assert len({m.queue_id for m in messages}) == 50
+    assert ops.calls["fdatasync"] <= 5, ops.calls
+    got = run(recovered(tmp_path))
+    assert [(q, b) for q, _, b in got] == [
+        (m.queue_id, b"body %d\r\n" % i) for i, m in enumerate(messages)
+    ]
+
+
+def test_commit_is_not_done_while_its_fsync_is_blocked(tmp_path: Path) -> None:
+    """Group commit never answers 250 before the fsync that covers the message."""
+    ops = StallingOps()
+
+    async def scenario() -> None:
+        async with Spool(tmp_path, fileops=ops) as spool:
+            writer = spool.new_message()
+            writer.write(b"hello\r\n")
+            first = asyncio.create_task(spool.commit(writer, ENVELOPE))
+            assert await asyncio.to_thread(ops.entered.wait, 5)
+            # Commits arriving while the sync is in flight gather for the next batch.
+            later = [asyncio.create_task(store(spool, b"later %d" % i)) for i in range(20)]
+            await asyncio.sleep(0.05)
+            assert not first.done()
+            assert not any(t.done() for t in later)
+            ops.release.set()
+            message = await asyncio.wait_for(first, 5)
+            assert read_body(spool, message) == b"hello\r\n"
+            await asyncio.wait_for(asyncio.gather(*later), 5)
+            assert ops.calls["fdatasync"] == 2  # the twenty later ones shared one sync
+
+    run(scenario())
+
+
+def test_a_new_segment_syncs_its_directory_once(tmp_path: Path) -> None:
+    ops = FaultyOps()
+
+    async def scenario() -> None:
+        async with Spool(tmp_path, fileops=ops) as spool:
+            before = Counter(ops.calls)
+            await store(spool, b"one")
+            assert ops.calls["fdatasync"] - before["fdatasync"] == 1
+            assert ops.calls["fsync"] - before["fsync"] == 1  # the segments/ directory
+            await store(spool, b"two")
+            assert ops.calls["fdatasync"] - before["fdatasync"] == 2
+            assert ops.calls["fsync"] - before["fsync"] == 1  # same file: no new entry
+
+    run(scenario())
+
+
+# -- refused batches ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("operation", "error"),
+    [
+        ("fdatasync", errno.EIO),
+        ("pwritev", errno.ENOSPC),
+        ("copy_file_range", errno.EIO),
+    ],
+)
+@pytest.mark.parametrize("first_in_segment", [False, True], ids=["appended", "new-segment"])
+def test_failed_write_or_sync_refuses_the_whole_batch_for_good(
+    tmp_path: Path, operation: str, error: int, first_in_segment: bool
+) -> None:
+    ops = FaultyOps()
+    refused = [b"REFUSED-%d-" % i + b"x" * 3000 for i in range(3)]
+
+    async def scenario() -> tuple[list[SpooledMessage], SpooledMessage]:
+        async with Spool(tmp_path, fileops=ops, spill_threshold=1000) as spool:
+            kept = [] if first_in_segment else [await store(spool, b"before")]
+            ops.fail[operation] = OSError(error, os.strerror(error))
+            results = await asyncio.gather(
+                *(store(spool, body) for body in refused), return_exceptions=True
+            )
+            assert all(isinstance(r, SpoolError) for r in results), results
+            after = await store(spool, b"after")
+            if kept:
+                assert after.segment != kept[0].segment  # a fresh segment after a failure
+            assert read_body(spool, after) == b"after"
+            assert list((tmp_path / "tmp").iterdir()) == []
+            return kept, after
+
+    kept, after = run(scenario())
+    got = run(recovered(tmp_path))
+    assert [(q, b) for q, _, b in got] == [(m.queue_id, b"before") for m in kept] + [
+        (after.queue_id, b"after")
+    ]
+    for name in segment_files(tmp_path):
+        assert b"REFUSED" not in (tmp_path / "segments" / name).read_bytes()
+
+
+def test_refused_records_that_cannot_be_cut_off_are_voided(tmp_path: Path) -> None:
+    ops = FaultyOps()
+
+    async def scenario() -> list[SpooledMessage]:
+        async with Spool(tmp_path, fileops=ops) as spool:
+            before = await store(spool, b"before")
+            ops.fail["fdatasync"] = OSError(errno.EIO, "I/O error")
+            ops.fail["ftruncate"] = OSError(errno.EIO, "I/O error")
+            with pytest.raises(SpoolError, match="not stored"):
+                await store(spool, b"REFUSED")
+            after = await store(spool, b"after")
+            return [before, after]
+
+    messages = run(scenario())
+    # The refused record is still in the file, intact, but on the done list.
+    segments = [(tmp_path / "segments" / n).read_bytes() for n in segment_files(tmp_path)]
+    assert any(b"REFUSED" in data for data in segments)
+    got = run(recovered(tmp_path))
+    assert [(q, b) for q, _, b in got] == [
+        (messages[0].queue_id, b"before"),
+        (messages[1].queue_id, b"after"),
+    ]
+
+
+def test_a_commit_cancelled_before_its_batch_stores_nothing(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with Spool(tmp_path, spill_threshold=10) as spool:
+            writer = spool.new_message()
+            writer.write(b"spilled body " * 10)
+            task = asyncio.create_task(spool.commit(writer, ENVELOPE))
+            await asyncio.sleep(0)  # the commit is queued; the committer has not run yet
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert (await store(spool, b"next")).size == 4
+            assert spool.pending_count() == 1
+            with pytest.raises(ValueError, match="discarded"):
+                writer.write(b"more")
+
+    run(scenario())
+    assert [b for _, _, b in run(recovered(tmp_path))] == [b"next"]
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+# -- recovery from damage ----------------------------------------------------------------
+
+
+def three_records(root: Path) -> tuple[Path, bytes, list[SpooledMessage]]:
+    """One segment with three small records; returns its path, its bytes and the records."""
+
+    async def scenario() -> list[SpooledMessage]:
+        async with Spool(root) as spool:
+            return [await store(spool, b"body %d\r\n" % i, envelope(i)) for i in range(3)]
+
+    messages = run(scenario())
+    assert len({m.segment for m in messages}) == 1
+    path = root / "segments" / messages[0].segment
+    return path, path.read_bytes(), messages
+
+
+def extents(data: bytes, messages: list[SpooledMessage]) -> list[tuple[int, int]]:
+    starts = [m.offset for m in messages]
+    return list(zip(starts, [*starts[1:], len(data)], strict=True))
+
+
+def interesting_offsets(data: bytes, spans: list[tuple[int, int]]) -> list[int]:
+    """Every offset in and around headers and trailers, every fifth one elsewhere.
+
+    Each offset costs a spool open and recovery (a few milliseconds); this keeps the
+    exhaustive tests fast while still trying every byte where framing lives.
+    """
+    chosen = set(range(0, len(data), 5)) | set(range(SEGMENT_HEADER_SIZE + 2))
+    for start, end in spans:
+        chosen |= set(range(start - 2, start + 42)) | set(range(end - 10, end + 2))
+    return sorted(o for o in chosen if 0 <= o < len(data))
+
+
+async def recover_ids(root: Path, *, sync: bool = True) -> list[str]:
+    async with Spool(root, sync=sync) as spool:
+        return [m.queue_id for m in await spool.recover()]
+
+
+def test_torn_tail_of_any_length_leaves_exactly_the_whole_records(tmp_path: Path) -> None:
+    path, data, messages = three_records(tmp_path)
+    spans = extents(data, messages)
+
+    async def scenario() -> None:
+        for cut in interesting_offsets(data, spans):
+            path.write_bytes(data[:cut])
+            expected = [
+                m.queue_id for m, (_, end) in zip(messages, spans, strict=True) if end <= cut
+            ]
+            # sync=False only skips fsync, which would make this loop slow; repair is the same.
+            assert await recover_ids(tmp_path, sync=False) == expected, cut
+            if expected:
+                # The torn part is cut off, so the next start finds a clean segment.
+                assert path.stat().st_size == spans[len(expected) - 1][1]
+            else:
+                assert not path.exists()
+
+    run(scenario())
+
+
+def test_zeros_after_the_last_record_are_cut_off(tmp_path: Path) -> None:
+    # What ext4 often leaves after a crash: the size grew, the data blocks never came.
+    path, data, messages = three_records(tmp_path)
+    path.write_bytes(data + bytes(8192))
+    assert run(recover_ids(tmp_path)) == [m.queue_id for m in messages]
+    assert path.read_bytes() == data
+
+
+def test_a_damaged_byte_loses_only_its_own_record(tmp_path: Path) -> None:
+    path, data, messages = three_records(tmp_path)
+    spans = extents(data, messages)
+    corrupt = path.with_suffix(".corrupt")
+
+    async def scenario() -> None:
+        for offset in interesting_offsets(data, spans):
+            damaged = bytearray(data)
+            damaged[offset] ^= 0x55
+            path.write_bytes(damaged)
+            got = await recover_ids(tmp_path, sync=False)
+            if offset < SEGMENT_HEADER_SIZE:
+                # A damaged segment header: set aside for a person, never guessed at.
+                assert got == [], offset
+                assert corrupt.exists()
+                assert not path.exists()
+                corrupt.unlink()
+            else:
+                expected = [
+                    m.queue_id
+                    for m, (a, b) in zip(messages, spans, strict=True)
+                    if not a <= offset < b
+                ]
+                assert got == expected, offset
+
+    run(scenario())
+
+
+def test_damaged_middle_record_is_logged_with_segment_and_offset(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, data, messages = three_records(tmp_path)
+    middle = messages[1]
+    cases = {
+        "body": middle.body_offset + 2,  # framing intact, body CRC wrong
+        "header": middle.offset + 5,  # a length field: the header CRC catches it
+    }
+    for where, offset in cases.items():
+        damaged = bytearray(data)
+        damaged[offset] ^= 0xFF
+        path.write_bytes(damaged)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="pigeon.queue.spool"):
+            got = run(recover_ids(tmp_path))
+        assert got == [messages[0].queue_id, messages[2].queue_id], where
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any(middle.segment in w and f"offset {middle.offset}" in w for w in warnings), (
+            where,
+            warnings,
+        )
+        # The damage is in the middle: nothing after it was cut off.
+        assert path.stat().st_size == len(data)
+
+
+def test_a_record_hidden_in_a_body_is_never_taken_for_a_real_one(tmp_path: Path) -> None:
+    # An attacker mails bytes that look exactly like a spool record with an envelope of
+    # their choosing. Even when damage sends recovery looking for the next record magic,
+    # the forged record does not validate without the segment's secret nonce.
+    async def scenario() -> SpooledMessage:
+        async with Spool(tmp_path / "other") as other:
+            forged = await store(other, b"forged", Envelope("evil@x", ("victim@y",)))
+        forged_record = (tmp_path / "other" / "segments" / forged.segment).read_bytes()[20:]
+        async with Spool(tmp_path) as spool:
+            return await store(spool, b"head " + forged_record + b" tail")
+
+    carrier = run(scenario())
+    path = tmp_path / "segments" / carrier.segment
+    data = bytearray(path.read_bytes())
+    assert RECORD_MAGIC in data[carrier.body_offset :]
+    data[carrier.offset + 1] ^= 0xFF  # damage the carrier's header
+    path.write_bytes(data)
+    assert run(recover_ids(tmp_path)) == []
+
+
+# -- done lists and deletion -------------------------------------------------------------
+
+
+def test_done_messages_are_not_recovered(tmp_path: Path) -> None:
+    async def scenario() -> list[SpooledMessage]:
+        async with Spool(tmp_path) as spool:
+            messages = [await store(spool, b"m%d" % i) for i in range(3)]
+            assert spool.pending_count() == 3
+            await spool.mark_done(messages[1])
+            await spool.mark_done(messages[1])  # idempotent
+            assert spool.pending_count() == 2
+            # The active segment is kept even though it has finished records.
+            assert segment_files(tmp_path) == ["w0-00000001.done", messages[0].segment]
+            return messages
+
+    messages = run(scenario())
+    got = run(recovered(tmp_path))
+    assert [q for q, _, _ in got] == [messages[0].queue_id, messages[2].queue_id]
+
+
+def test_fully_done_rotated_segment_is_deleted(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        # A limit of one byte: every batch fills its segment, which then rotates.
+        async with Spool(tmp_path, segment_limit=1) as spool:
+            first = await store(spool, b"first")
+            second = await store(spool, b"second")
+            assert first.segment != second.segment
+            assert segment_files(tmp_path) == [first.segment, second.segment]
+            await spool.mark_done(first)
+            assert segment_files(tmp_path) == [second.segment]
+            assert spool.pending_count() == 1
+            with pytest.raises(SpoolError, match="no longer in the spool"):
+                spool.open_body(first)
+            assert read_body(spool, second) == b"second"
+
+    run(scenario())
+
+
+def test_recovery_deletes_segments_whose_records_are_all_done(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with Spool(tmp_path) as spool:
+            for message in [await store(spool, b"x"), await store(spool, b"y")]:
+                await spool.mark_done(message)
+            assert len(segment_files(tmp_path)) == 2  # still active: kept
+        async with Spool(tmp_path) as spool:
+            assert await spool.recover() == []
+            assert segment_files(tmp_path) == []
+            assert spool.pending_count() == 0
+
+    run(scenario())
+
+
+def test_recovered_messages_can_be_marked_done(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with Spool(tmp_path) as spool:
+            await store(spool, b"a")
+            await store(spool, b"b")
+        async with Spool(tmp_path) as spool:
+            old = await spool.recover()
+            new = await store(spool, b"c")
+            assert new.segment not in {m.segment for m in old}  # never appends to old ones
+            assert spool.pending_count() == 3
+            for message in old:
+                await spool.mark_done(message)
+            assert segment_files(tmp_path) == [new.segment]
+        async with Spool(tmp_path) as spool:
+            assert [m.queue_id for m in await spool.recover()] == [new.queue_id]
+
+    run(scenario())
+
+
+# -- writer and spool misuse -------------------------------------------------------------
+
+
+def test_discard_removes_the_spill_file(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with Spool(tmp_path, spill_threshold=1024) as spool:
+            writer = spool.new_message()
+            writer.write(b"x" * 1000)
+            assert not writer.spilled
+            assert list((tmp_path / "tmp").iterdir()) == []
+            writer.write(b"y" * 1000)
+            assert writer.spilled
+            assert len(list((tmp_path / "tmp").iterdir())) == 1
+            writer.discard()
+            assert list((tmp_path / "tmp").iterdir()) == []
+            writer.discard()  # idempotent
+            with pytest.raises(ValueError, match="discarded"):
+                writer.write(b"z")
+            with pytest.raises(ValueError, match="discarded"):
+                await spool.commit(writer, ENVELOPE)
+
+    run(scenario())
+    assert run(recovered(tmp_path)) == []
+
+
+def test_writer_misuse_raises(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with Spool(tmp_path) as spool, Spool(tmp_path, worker="w1") as other:
+            writer = spool.new_message()
+            writer.write(b"body")
+            with pytest.raises(ValueError, match="another spool"):
+                await other.commit(writer, ENVELOPE)
+            await spool.commit(writer, ENVELOPE)
+            with pytest.raises(ValueError, match="committed"):
+                writer.write(b"more")
+            with pytest.raises(ValueError, match="committed"):
+                await spool.commit(writer, ENVELOPE)
+            writer.discard()  # a no-op once committed
+            late = spool.new_message()
+        with pytest.raises(SpoolError, match="closed"):
+            await spool.commit(late, ENVELOPE)
+        with pytest.raises(SpoolError, match="closed"):
+            spool.new_message()
+
+    run(scenario())
+    with pytest.raises(SpoolError, match="new"):
+        Spool(tmp_path).new_message()
+    with pytest.raises(ValueError, match="worker"):
+        Spool(tmp_path, worker="w-1")
+
+
+def test_one_worker_at_a_time_and_workers_keep_to_their_own(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with Spool(tmp_path) as spool:
+            with pytest.raises(SpoolError, match="already open"):
+                await Spool(tmp_path).open()
+            await store(spool, b"from w0")
+            async with Spool(tmp_path, worker="w1") as w1:
+                assert await w1.recover() == []
+                await store(w1, b"from w1")
+        async with Spool(tmp_path, worker="w1") as w1:
+            assert [read_body(w1, m) for m in await w1.recover()] == [b"from w1"]
+
+    run(scenario())
+
+
+def test_spill_files_of_an_earlier_run_are_removed(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with Spool(tmp_path, spill_threshold=10) as spool:
+            spool.new_message().write(b"never committed, never discarded")
+        leftover = list((tmp_path / "tmp").iterdir())
+        assert len(leftover) == 1
+        (tmp_path / "tmp" / "w1-OTHERWORKER.tmp").write_bytes(b"not ours")
+        async with Spool(tmp_path):
+            assert [p.name for p in (tmp_path / "tmp").iterdir()] == ["w1-OTHERWORKER.tmp"]
+
+    run(scenario())
