@@ -18,16 +18,35 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-from pigeon.delivery.maildir import MaildirAgent
 from pigeon.delivery.result import DeliveryResult, Outcome
 from pigeon.log import event
 
-from .spool import Spool, SpooledMessage
+from .envelope import Envelope
+from .spool import BodyReader, Spool, SpooledMessage
 
 __all__ = ["Scheduler"]
 
 MaildirFinder = Callable[[str], Path | None]
+
+
+class LocalAgent(Protocol):
+    """What the scheduler needs of a local delivery agent (``pigeon.delivery.MaildirAgent``).
+
+    The queue names the interface instead of importing the agent: agents are given to it, so
+    ``pigeon.delivery`` may use the queue's data types without an import cycle."""
+
+    def deliver(
+        self,
+        maildir: Path,
+        body: BodyReader,
+        *,
+        recipient: str,
+        envelope: Envelope,
+        unique: str,
+        check_existing: bool = False,
+    ) -> DeliveryResult: ...
 
 
 @dataclass(slots=True)
@@ -44,7 +63,7 @@ class Scheduler:
         self,
         spool: Spool,
         *,
-        local_agent: MaildirAgent,
+        local_agent: LocalAgent,
         find_maildir: MaildirFinder,
         concurrency: int = 4,
         retry_base: float = 60.0,
