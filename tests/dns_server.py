@@ -15,7 +15,6 @@ Names in record data are taken as absolute whether or not they end with a dot.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import selectors
 import socket
@@ -70,7 +69,7 @@ class DNSServer:
             rdtype = dns.rdatatype.from_text(type_text)
             texts = [data] if isinstance(data, str) else list(data)
             rrset = dns.rrset.from_text_list(
-                name, ttl, dns.rdataclass.IN, rdtype, texts, origin=dns.name.root
+                name, ttl, dns.rdataclass.IN, rdtype, texts, origin=dns.name.root, relativize=False
             )
             self._rrsets[(name, rdtype)] = rrset
             self._names.add(name)
@@ -147,7 +146,7 @@ class DNSServer:
             wire, peer = self._udp.recvfrom(65535)
         except BlockingIOError:
             return
-        reply = self._answer(wire, "udp", max_size=512)
+        reply = self._answer(wire, "udp", udp=True)
         if reply is not None:
             self._udp.sendto(reply, peer)
 
@@ -167,11 +166,11 @@ class DNSServer:
             wire = _recv_exactly(connection, length)
             if wire is None:
                 return
-            reply = self._answer(wire, "tcp", max_size=65535)
+            reply = self._answer(wire, "tcp", udp=False)
             if reply is not None:
                 connection.sendall(struct.pack("!H", len(reply)) + reply)
 
-    def _answer(self, wire: bytes, transport: str, *, max_size: int) -> bytes | None:
+    def _answer(self, wire: bytes, transport: str, *, udp: bool) -> bytes | None:
         with self._lock:
             self._received += 1
         try:
@@ -199,8 +198,12 @@ class DNSServer:
             rrset = self._rrsets.get((question.name, question.rdtype))
             if rrset is not None:
                 response.answer.append(rrset)
-        # An answer too big for UDP goes out truncated (TC), and the resolver asks over TCP.
-        return response.to_wire(max_size=max_size)
+        # Over UDP an answer is at most 512 octets, or what the query's EDNS allows (RFC 6891);
+        # a bigger one goes out truncated (TC) and the resolver asks again over TCP.
+        max_size = 65535
+        if udp:
+            max_size = max(query.payload, 512) if query.edns >= 0 else 512
+        return response.to_wire(max_size=max_size, prefer_truncation=True)
 
 
 def _recv_exactly(connection: socket.socket, size: int) -> bytes | None:
@@ -236,7 +239,3 @@ def _bind_pair() -> tuple[socket.socket, socket.socket]:
         tcp.setblocking(False)
         return udp, tcp
     raise AssertionError(f"no port free for both UDP and TCP after {_BIND_ATTEMPTS} tries")
-
-
-with contextlib.suppress(ImportError):  # keep mypy and readers honest about what is used
-    del contextlib

@@ -7,6 +7,7 @@ in the test's tmp_path. Every wait below is bounded.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import mailbox
 import os
 import re
@@ -96,11 +97,20 @@ class ThreadedServer:
         return ("127.0.0.1", self.port)
 
     def _run(self) -> None:
+        # The same event loop as `pigeon serve`: uvloop when it is installed.
         try:
-            asyncio.run(self._main())
+            uvloop = importlib.import_module("uvloop")
+            loop = uvloop.new_event_loop()
+        except ImportError:
+            loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._main())
         except BaseException as error:  # surfaced to the test in __enter__/stop
             self._error = error
             self._ready.set()
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()

@@ -46,7 +46,8 @@ REPLY_LINE_RE = re.compile(rb"[2-5][0-5][0-9][ -][^\r\n]*\r\n")
 
 def settings(**overrides: object) -> ServerSettings:
     """The settings the tests use: a fixed hostname, anything else as given."""
-    return ServerSettings(hostname=HOST, **overrides)  # type: ignore[arg-type]
+    options: dict[str, object] = {"hostname": HOST, **overrides}
+    return ServerSettings(**options)  # type: ignore[arg-type]
 
 
 def accept_all(event: Event) -> Decision:

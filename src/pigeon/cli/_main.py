@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from pigeon import __version__
 
-from . import serve
+from . import send, sendmail, serve
 
 __all__ = ["main"]
 
@@ -18,6 +18,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"pigeon {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve.register(commands)
+    send.register(commands)
+    sendmail.register(commands)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)

@@ -198,7 +198,7 @@ class Scheduler:
                     body,
                     recipient=recipient,
                     envelope=envelope,
-                    unique=f"{message.queue_id}.{index}",
+                    unique=f"{message.queue_id}_{index}",
                     # After a restart the copy may exist already, even read and moved to cur/.
                     check_existing=job.recovered or job.attempts > 1,
                 )

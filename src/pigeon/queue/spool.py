@@ -47,12 +47,11 @@ Each record::
     4             2         id_len         length of the queue id
     6             4         env_len        length of the envelope JSON
     10            8         body_len       length of the body
-    18            4         head_crc       CRC-32 of bytes 0..17, the queue id and the
-                                           envelope, with the CRC register started at
-                                           CRC-32(nonce)
+    18            4         head_crc       CRC-32 of nonce + bytes 0..17 + queue id +
+                                           envelope (the nonce is not stored in the record)
     22            id_len    queue id       ASCII
     22+id_len     env_len   envelope       UTF-8 JSON, :meth:`Envelope.to_json`
-    ...           body_len  body           the message as received (after the Received line)
+    ...           body_len  body           the bytes given to MessageWriter.write, in order
     ...           4         body_crc       CRC-32 of the body
     ...           4         end marker     b"\\x89END"
 

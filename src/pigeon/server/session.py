@@ -13,7 +13,7 @@ import email.utils
 import itertools
 import time
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pigeon.dns import reverse_name
 from pigeon.log import event as log
@@ -83,9 +83,9 @@ class Session(asyncio.Protocol):
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        peer = transport.get_extra_info("peername") or ("", 0)
+        # uvloop's transports are not subclasses of asyncio.Transport, only alike.
+        self._transport = cast(asyncio.Transport, transport)
+        peer = self._transport.get_extra_info("peername") or ("", 0)
         self._client_ip, self._client_port = str(peer[0]), int(peer[1])
         if self._client_ip.startswith("::ffff:"):
             self._client_ip = self._client_ip[7:]

@@ -1,9 +1,10 @@
-"""The SMTP protocol with no I/O: grammar, replies, and the server state machine.
+"""The SMTP protocol with no I/O: grammar, replies, and the server and client state machines.
 
 Nothing here touches sockets, files, clocks or asyncio, so the same core serves the server,
 the client and LMTP, and is tested byte for byte without a network.
 """
 
+from ._client import ClientConnection, Extensions, dot_stuff
 from ._events import (
     Address,
     ConnectionClosed,
@@ -22,6 +23,7 @@ from ._events import (
 )
 from ._grammar import CommandError, parse_mailbox, valid_domain
 from ._replies import Reply
+from ._reply_parser import ReplyError, ReplyParser
 from ._server import NEED_DATA, PAUSED, ServerConnection, ServerSettings
 from ._state import State
 
@@ -29,11 +31,13 @@ __all__ = [
     "NEED_DATA",
     "PAUSED",
     "Address",
+    "ClientConnection",
     "CommandError",
     "ConnectionClosed",
     "DataCommand",
     "Event",
     "Expand",
+    "Extensions",
     "Hello",
     "MailFrom",
     "MessageAborted",
@@ -41,12 +45,15 @@ __all__ = [
     "MessageEnd",
     "RcptTo",
     "Reply",
+    "ReplyError",
+    "ReplyParser",
     "Reset",
     "ServerConnection",
     "ServerSettings",
     "State",
     "Turn",
     "Verify",
+    "dot_stuff",
     "parse_mailbox",
     "replies",
     "valid_domain",

@@ -1,0 +1,24 @@
+"""Exit statuses from sysexits.h, which mail programs and their callers have always used."""
+
+from __future__ import annotations
+
+from pigeon.client import SendResult
+
+OK = 0
+USAGE = 64  # the command was used wrongly (a bad address, a missing argument)
+DATA_ERROR = 65  # the input message is unusable
+NO_INPUT = 66  # an input file does not exist or cannot be read
+UNAVAILABLE = 69  # a permanent failure: trying again will not help
+SOFTWARE = 70
+OS_ERROR = 71
+TEMPORARY = 75  # EX_TEMPFAIL: try again later
+CONFIG = 78
+
+
+def for_result(result: SendResult) -> int:
+    """0 when every recipient was accepted; 69 when any was refused for good; else 75."""
+    if result.all_accepted:
+        return OK
+    if any(r.permanent for r in result.recipients):
+        return UNAVAILABLE
+    return TEMPORARY

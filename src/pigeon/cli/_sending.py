@@ -1,0 +1,130 @@
+"""What ``pigeon send`` and ``pigeon sendmail`` share: server options and reporting."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import ssl
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from pigeon.client import SendResult, TLSMode
+from pigeon.config import ConfigError, parse_host_port
+
+__all__ = ["ServerOptions", "add_server_options", "print_results", "server_options"]
+
+DEFAULT_SERVER = "localhost:25"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    host: str
+    port: int | None
+    tls: TLSMode
+    ssl_context: ssl.SSLContext | None
+    verify: bool
+    username: str | None
+    password: str | None
+    allow_plaintext_auth: bool
+    timeout: float
+    helo: str | None
+
+
+def add_server_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("server")
+    group.add_argument(
+        "--server",
+        metavar="HOST[:PORT]",
+        help=f"submit to this server (default: $PIGEON_SMTP_SERVER or {DEFAULT_SERVER})",
+    )
+    mode = group.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--tls",
+        dest="tls",
+        action="store_const",
+        const="implicit",
+        help="implicit TLS from the first byte (port 465)",
+    )
+    mode.add_argument(
+        "--starttls", dest="tls", action="store_const", const="starttls", help="require STARTTLS"
+    )
+    mode.add_argument(
+        "--no-tls", dest="tls", action="store_const", const="off", help="never use TLS"
+    )
+    group.add_argument("--cafile", type=Path, help="trust this CA certificate (PEM)")
+    group.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="accept a TLS certificate that fails verification (unsafe)",
+    )
+    group.add_argument("--user", help="authenticate as this user (AUTH PLAIN or LOGIN)")
+    group.add_argument(
+        "--password-file", type=Path, help="read the password from this file (first line)"
+    )
+    group.add_argument(
+        "--insecure-auth",
+        action="store_true",
+        help="allow AUTH without TLS to a host that is not loopback",
+    )
+    group.add_argument("--helo", help="name to give in EHLO (default: this host's name)")
+    group.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait at each step (default 60)"
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print the SMTP conversation ('>' sent, '<' received) on stderr",
+    )
+
+
+def server_options(args: argparse.Namespace, default: str | None = None) -> ServerOptions:
+    """Raises ConfigError (a usage error) with a message naming the option."""
+    text = args.server or os.environ.get("PIGEON_SMTP_SERVER") or default or DEFAULT_SERVER
+    tls: TLSMode = args.tls or "opportunistic"
+    host, port = parse_host_port(text, default_port=465 if tls == "implicit" else 25)
+    if ":" not in text.rsplit("]", 1)[-1]:
+        port = 465 if tls == "implicit" else 25
+    password = None
+    if args.password_file is not None:
+        try:
+            password = args.password_file.read_text().splitlines()[0]
+        except (OSError, IndexError) as error:
+            raise ConfigError(
+                f"--password-file {args.password_file}: cannot read a password ({error})"
+            ) from None
+    if password is not None and args.user is None:
+        raise ConfigError("--password-file needs --user")
+    if args.user is not None and password is None:
+        raise ConfigError("--user needs --password-file")
+    context = None
+    if args.cafile is not None:
+        try:
+            context = ssl.create_default_context(cafile=str(args.cafile))
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError(f"--cafile {args.cafile}: {error}") from None
+    return ServerOptions(
+        host=host,
+        port=port,
+        tls=tls,
+        ssl_context=context,
+        verify=not args.no_verify,
+        username=args.user,
+        password=password,
+        allow_plaintext_auth=args.insecure_auth,
+        timeout=args.timeout,
+        helo=args.helo,
+    )
+
+
+def print_transcript(direction: str, line: str) -> None:
+    print(f"{direction}{line}", file=sys.stderr)
+
+
+def print_results(result: SendResult, *, verbose: bool) -> None:
+    """One line per recipient that was refused (and, with -v, per accepted one too)."""
+    for recipient in result.recipients:
+        if verbose or not recipient.accepted:
+            stream = sys.stdout if recipient.accepted else sys.stderr
+            print(recipient.describe(), file=stream)
