@@ -116,7 +116,7 @@ class ThreadedServer:
         self._loop = asyncio.get_running_loop()
         await self._server.start()
         self._ready.set()
-        await self._server._stopped.wait()
+        await self._server.wait_stopped()
 
     def call(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
         assert self._loop is not None

@@ -160,15 +160,7 @@ def test_parse_host_port(text: str, expected: tuple[str, int]) -> None:
         "[::1]25",
         "[::1",
         "[::1]:",
-        pytest.param(
-            "127.0.0.1:\u00b2",  # SUPERSCRIPT TWO: str.isdigit() is true, int() refuses it
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=ValueError,
-                reason="bug: config.py parse_host_port checks port.isdigit(), which accepts "
-                "non-ASCII digits, then int() raises ValueError instead of ConfigError",
-            ),
-        ),
+        "127.0.0.1:\u00b2",  # SUPERSCRIPT TWO: str.isdigit() is true, int() refuses it
     ],
 )
 def test_parse_host_port_refuses_bad_ports(text: str) -> None:
@@ -358,44 +350,24 @@ def test_unknown_key_message_lists_the_known_ones(tmp_path: Path) -> None:
     assert "message_size" in str(error.value)
 
 
-# -- refusals that do not yet name the key (bugs; see each reason) ----------------------------
+# -- refusals that name the key they are about --------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: config.py check_network() error names the value but not the key "
-    "trusted_networks[0] (the module promises 'a message naming the key')",
-)
 def test_bad_trusted_network_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"trusted_networks\[0\]"):
         load_text(tmp_path, 'trusted_networks = ["bogus"]\n')
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: config.py _listener() lets parse_host_port's error through without the key "
-    "listen[0].address",
-)
 def test_bad_listen_port_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"listen\[0\]\.address"):
         load_text(tmp_path, '[[listen]]\naddress = "127.0.0.1:99999"\n')
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: config.py _domain() passes where=domains.<name> to _list(), so a users value "
-    "that is not a list is reported without the key 'users'",
-)
 def test_users_not_a_list_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"domains\.example\.test\.users"):
         load_text(tmp_path, '[domains."example.test"]\nusers = "alice"\n')
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: config.py does not check resolver entries; a bad one fails later in "
-    "pigeon.dns.make_resolver, during Server.start (traceback, exit 1 from pigeon serve)",
-)
 @pytest.mark.parametrize(
     "resolver",
     [
@@ -409,20 +381,12 @@ def test_bad_resolver_is_refused_when_loading(tmp_path: Path, resolver: str) -> 
         load_text(tmp_path, f"resolver = {resolver}\n")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: config.py accepts any hostname string; an empty or unprintable one fails later in "
-    "delivery/maildir.py (ValueError, traceback, exit 1 from pigeon serve)",
-)
 @pytest.mark.parametrize("hostname", ['""', '"mx\\r\\n250 evil"'])
 def test_unusable_hostname_is_refused_when_loading(tmp_path: Path, hostname: str) -> None:
     with pytest.raises(ConfigError, match="hostname"):
         load_text(tmp_path, f"hostname = {hostname}\n")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: config.py _limits() lets nan through (nan < 0 is false)"
-)
 def test_nan_timeout_is_refused(tmp_path: Path) -> None:
     assert math.isnan(tomllib.loads("x = nan")["x"])
     with pytest.raises(ConfigError, match=r"limits\.command_timeout"):

@@ -135,11 +135,6 @@ def test_loopback_is_never_looked_up(dns_server: DNSServer, ip: str) -> None:
     assert dns_server.query_count == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: pigeon/dns.py is_loopback() misses IPv4-mapped loopback (::ffff:127.0.0.1), "
-    "so reverse_name() sends a PTR query for 1.0.0.127.in-addr.arpa",
-)
 def test_ipv4_mapped_loopback_is_never_looked_up(dns_server: DNSServer) -> None:
     assert lookup(resolver_for(dns_server), "::ffff:127.0.0.1") is None
     assert dns_server.query_count == 0

@@ -166,13 +166,6 @@ def test_other_recipients_are_left_alone(relay: RelayPolicy, recipient: Address)
     assert relay.canonical_recipient(recipient) is recipient
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=StopIteration,
-    reason="bug: with no domains (config allows an empty [domains] table) "
-    "directory/_directory.py primary_domain raises StopIteration from "
-    "policy/_relay.py canonical_recipient, and the session dies on RCPT TO:<postmaster>",
-)
 def test_bare_postmaster_with_no_domains_gets_a_reply() -> None:
     relay = RelayPolicy(Directory({}, mail_root=ROOT))
     recipient = relay.canonical_recipient(Address("postmaster", ""))

@@ -184,7 +184,7 @@ SMUGGLING_ENDS = [b"\n.\n", b"\n.\r\n", b"\r.\r", b"\r\n.\n", b"\r.\r\n", b"\n.\
 def test_fake_terminators_do_not_end_the_message_and_are_refused(fake: bytes) -> None:
     wire = b"a\r\nb" + fake + b"MAIL FROM:<x@y.test>\r\nc\r\n.\r\nNOOP\r\n"
     for chunks in ([wire], one_byte_at_a_time(wire)):
-        text, reader, rest = read(chunks)
+        _, reader, rest = read(chunks)
         assert reader.finished
         assert rest == b"NOOP\r\n"  # the real end was found, nothing earlier
         assert reader.refusal == replies.BARE_LINE_END_IN_DATA
@@ -261,13 +261,13 @@ def test_stuffed_dot_does_not_count_toward_the_line_length() -> None:
 
 
 def test_a_dot_inside_a_long_line_does_not_earn_the_allowance() -> None:
-    text, reader, _ = read_whole(b"a\r\nx." + b"x" * 998 + b"\r\n.\r\n")
+    _, reader, _ = read_whole(b"a\r\nx." + b"x" * 998 + b"\r\n.\r\n")
     assert reader.refusal == replies.LINE_TOO_LONG_IN_DATA
 
 
 def test_long_line_in_a_block_with_short_lines() -> None:
     wire = b"short\r\n" * 50 + b"y" * 1200 + b"\r\n" + b"short\r\n" * 50 + b".\r\n"
-    text, reader, _ = read_whole(wire)
+    _, reader, _ = read_whole(wire)
     assert reader.refusal == replies.LINE_TOO_LONG_IN_DATA
 
 
@@ -289,7 +289,7 @@ def test_long_partial_line_is_not_hoarded() -> None:
 def test_dot_after_a_discarded_long_line_is_not_a_terminator() -> None:
     # After a too-long partial line is dropped, the reader is mid-line: ".\r\n" there ends
     # that line, it is not the end of the message.
-    text, reader, rest = read([b"w" * 2000, b".\r\nmore\r\n.\r\nNOOP\r\n"])
+    _, reader, rest = read([b"w" * 2000, b".\r\nmore\r\n.\r\nNOOP\r\n"])
     assert reader.finished
     assert rest == b"NOOP\r\n"
 
@@ -310,7 +310,7 @@ def test_size_counts_the_unstuffed_text() -> None:
 def test_message_of_exactly_the_limit_is_accepted_one_more_refused() -> None:
     body = b"x" * 98 + b"\r\n"
     assert read_whole(body + b".\r\n", max_size=100)[1].refusal is None
-    text, reader, _ = read_whole(body + b"y\r\n.\r\n", max_size=100)
+    _, reader, _ = read_whole(body + b"y\r\n.\r\n", max_size=100)
     assert reader.finished
     assert reader.refusal == replies.MESSAGE_TOO_BIG
 
@@ -328,7 +328,7 @@ def test_over_size_stops_handing_out_text() -> None:
 
 
 def test_nul_is_refused() -> None:
-    text, reader, _ = read_whole(b"a\x00b\r\n.\r\n")
+    _, reader, _ = read_whole(b"a\x00b\r\n.\r\n")
     assert reader.finished
     assert reader.refusal == replies.NUL_IN_DATA
 
@@ -339,9 +339,9 @@ def test_eight_bit_data_is_kept() -> None:
 
 
 def test_first_refusal_wins() -> None:
-    text, reader, _ = read([b"a\x00\r\n", b"b\nc\r\n.\r\n"])
+    _, reader, _ = read([b"a\x00\r\n", b"b\nc\r\n.\r\n"])
     assert reader.refusal == replies.NUL_IN_DATA
-    text, reader, _ = read([b"b\nc\r\n", b"x" * 1200 + b"\r\n.\r\n"])
+    _, reader, _ = read([b"b\nc\r\n", b"x" * 1200 + b"\r\n.\r\n"])
     assert reader.refusal == replies.BARE_LINE_END_IN_DATA
 
 
@@ -370,8 +370,10 @@ def test_connection_split_one_byte_at_a_time() -> None:
     split = in_data()
     out = split.feed_chunks(one_byte_at_a_time(WIRE))
     assert split.message_text() == whole.message_text() == TEXT
-    assert reply_lines(out) == [QUEUED, f"221 2.0.0 {split.conn.settings.hostname} Service closing"
-                                " transmission channel"]
+    assert reply_lines(out) == [
+        QUEUED,
+        f"221 2.0.0 {split.conn.settings.hostname} Service closing transmission channel",
+    ]
 
 
 def test_transaction_ends_with_the_message() -> None:
@@ -420,7 +422,8 @@ def test_pipelined_commands_after_the_terminator_wait_for_the_reply() -> None:
     conn.accept_message("Q9")
     mail = conn.next_event()
     assert isinstance(mail, MailFrom)
-    assert mail.sender is not None and mail.sender.local_part == "next"
+    assert mail.sender is not None
+    assert mail.sender.local_part == "next"
     conn.accept()
     assert conn.next_event() is NEED_DATA
     assert reply_lines(conn.data_to_send()) == [
@@ -557,8 +560,10 @@ def test_aborted_message_counts_toward_the_error_limit() -> None:
     driver = ehlo_session(Driver(settings(max_errors=2)))
     driver.feed(b"BOGUS\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n")
     out = driver.feed(b"a\x00\r\n.\r\n")
-    assert reply_lines(out) == [NUL, "421 4.7.0 mx.example.test Too many errors, closing"
-                                " transmission channel"]
+    assert reply_lines(out) == [
+        NUL,
+        "421 4.7.0 mx.example.test Too many errors, closing transmission channel",
+    ]
     assert kinds(driver.events)[-2:] == ["MessageAborted", "ConnectionClosed"]
 
 

@@ -72,9 +72,15 @@ def one_line(out: bytes) -> str:
 # -- greeting ---------------------------------------------------------------------------------
 
 
-def test_greeting() -> None:
+def test_new_connection_waits_to_greet() -> None:
     conn = ServerConnection(settings(), client_address=CLIENT_IP)
     assert conn.state is State.GREETING
+    assert conn.data_to_send() == b""
+    assert conn.next_event() is NEED_DATA
+
+
+def test_greeting() -> None:
+    conn = ServerConnection(settings(), client_address=CLIENT_IP)
     conn.start()
     assert conn.state is State.START
     assert conn.data_to_send() == f"{GREETING}\r\n".encode()
@@ -525,7 +531,10 @@ def test_path_over_256_octets_is_501() -> None:
     too_long = "<" + "l" * (257 - 3 - len(domain)) + "@" + domain + ">"
     assert (len(fits), len(too_long)) == (256, 257)
     assert mail_event(f"MAIL FROM:{fits}")[1] == "250 2.1.0 Ok"
-    assert mail_event(f"MAIL FROM:{too_long}") == ([], "501 5.5.4 Path too long (RFC 5321 4.5.3.1.3)")
+    assert mail_event(f"MAIL FROM:{too_long}") == (
+        [],
+        "501 5.5.4 Path too long (RFC 5321 4.5.3.1.3)",
+    )
     assert rcpt_event(f"RCPT TO:{too_long}") == ([], "501 5.5.4 Path too long (RFC 5321 4.5.3.1.3)")
 
 
@@ -691,7 +700,10 @@ def test_data_with_one_of_two_recipients_accepted() -> None:
 def test_refused_mail_leaves_no_transaction() -> None:
     driver = ehlo_session(Driver(policy={MailFrom: Reply.of(550, "Sender refused", "5.7.1")}))
     out = driver.feed(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\n")
-    assert reply_lines(out) == ["550 5.7.1 Sender refused", "503 5.5.1 Need MAIL command before RCPT"]
+    assert reply_lines(out) == [
+        "550 5.7.1 Sender refused",
+        "503 5.5.1 Need MAIL command before RCPT",
+    ]
     assert driver.conn.state is State.READY
 
 
@@ -944,7 +956,10 @@ def test_tenth_error_gives_its_reply_then_421_and_closes() -> None:
 def test_nothing_is_processed_after_the_error_limit() -> None:
     driver = ehlo_session()
     out = driver.feed(b"BOGUS\r\n" * 10 + b"MAIL FROM:<a@b.test>\r\nNOOP\r\n")
-    assert reply_lines(out)[-2:] == ["500 5.5.2 Syntax error, command unrecognized", TOO_MANY_ERRORS]
+    assert reply_lines(out)[-2:] == [
+        "500 5.5.2 Syntax error, command unrecognized",
+        TOO_MANY_ERRORS,
+    ]
     assert len(reply_lines(out)) == 11
     assert driver.events == [ConnectionClosed()]
     assert driver.conn.buffered == 0
@@ -1232,12 +1247,7 @@ def test_crlf_split_between_calls() -> None:
 
 # -- classic mode: the seed's sample conversation -----------------------------------------------
 
-SEED_BODY = (
-    b"From: (Ralph Martin)\r\n"
-    b"Subject: Arrows\r\n"
-    b"This is line one.\r\n"
-    b"This is line two.\r\n"
-)
+SEED_BODY = b"From: (Ralph Martin)\r\nSubject: Arrows\r\nThis is line one.\r\nThis is line two.\r\n"
 SEED_CONVERSATION = (
     b"HELO\r\n"
     b"MAIL From: <(Ralph Martin)>\r\n"
@@ -1365,3 +1375,14 @@ def test_classic_mode_still_refuses_bad_mailboxes() -> None:
     assert one_line(driver.feed(b"MAIL FROM:<(Ralph) not an address>\r\n")) == (
         "553 Bad sender address syntax"
     )
+
+
+def test_recipients_over_the_limit_do_not_count_as_errors() -> None:
+    # Regression: a pipelining client that sent more than max_recipients RCPTs at once got
+    # 452 for each extra one, reached the error limit, and lost the whole transaction to 421.
+    driver = ehlo_session(Driver(settings(max_recipients=5)))
+    batch = b"".join(b"RCPT TO:<user%d@example.test>\r\n" % n for n in range(30))
+    out = driver.feed(b"MAIL FROM:<a@b.test>\r\n" + batch + b"DATA\r\nhi\r\n.\r\n")
+    assert codes(out) == [250] + [250] * 5 + [452] * 25 + [354, 250]
+    assert driver.conn.errors == 0
+    assert driver.conn.messages == 1

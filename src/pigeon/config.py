@@ -12,10 +12,13 @@ silently fall back to a default (an open relay is one typo away).
 from __future__ import annotations
 
 import ipaddress
+import math
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
+
+from pigeon.smtp._abnf import DOMAIN_RE
 
 __all__ = [
     "Config",
@@ -108,7 +111,7 @@ def parse_host_port(text: str, *, default_port: int) -> tuple[str, int]:
             port = rest[1:]
     elif text.count(":") == 1:
         host, port = text.split(":")
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{text!r}: port must be a number from 0 to 65535")
     return host or "0.0.0.0", int(port)
 
@@ -134,7 +137,7 @@ def _build_config(raw: dict[str, Any], *, base: Path) -> Config:
     _no_unknown(raw, known, where="")
     values: dict[str, Any] = {}
     if "hostname" in raw:
-        values["hostname"] = _str(raw["hostname"], "hostname")
+        values["hostname"] = check_hostname(_str(raw["hostname"], "hostname"))
     if "data_dir" in raw:
         data_dir = Path(_str(raw["data_dir"], "data_dir"))
         values["data_dir"] = data_dir if data_dir.is_absolute() else base / data_dir
@@ -151,24 +154,60 @@ def _build_config(raw: dict[str, Any], *, base: Path) -> Config:
         }
     if "trusted_networks" in raw:
         values["trusted_networks"] = tuple(
-            check_network(_str(v, f"trusted_networks[{i}]"))
+            check_network(_str(v, key), key)
             for i, v in _list(raw["trusted_networks"], "trusted_networks")
+            for key in [f"trusted_networks[{i}]"]
         )
     if "resolver" in raw:
-        values["resolver"] = tuple(
-            _str(v, f"resolver[{i}]") for i, v in _list(raw["resolver"], "resolver")
+        values["resolver"] = check_resolvers(
+            tuple(_str(v, f"resolver[{i}]") for i, v in _list(raw["resolver"], "resolver")),
+            "resolver",
         )
     if "limits" in raw:
         values["limits"] = _limits(raw["limits"])
     return Config(**values)
 
 
-def check_network(text: str) -> str:
+def check_network(text: str, where: str) -> str:
     try:
         ipaddress.ip_network(text, strict=False)
     except ValueError:
-        raise ConfigError(f"{text!r} is not a network (expected CIDR like 192.0.2.0/24)") from None
+        raise ConfigError(
+            f"{where}: {text!r} is not a network (expected CIDR like 192.0.2.0/24)"
+        ) from None
     return text
+
+
+def check_hostname(text: str, where: str = "hostname") -> str:
+    """The server's name goes into every greeting, reply and header: it must be a domain."""
+    if not DOMAIN_RE.fullmatch(text) or len(text) > 255:
+        raise ConfigError(f"{where}: {text!r} is not a domain name like mx.example.test")
+    return text
+
+
+def check_listen(text: str, where: str) -> str:
+    try:
+        parse_host_port(text, default_port=25)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
+    return text
+
+
+def check_resolvers(servers: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """DNS servers are addresses (a resolver cannot look up its own name), on one port."""
+    ports = set()
+    for server in servers:
+        try:
+            host, port = parse_host_port(server, default_port=53)
+            ipaddress.ip_address(host)
+        except ConfigError as error:
+            raise ConfigError(f"{where}: {error}") from None
+        except ValueError:
+            raise ConfigError(f"{where}: {server!r} is not an IP address[:port]") from None
+        ports.add(port)
+    if len(ports) > 1:
+        raise ConfigError(f"{where}: all DNS servers must use the same port")
+    return servers
 
 
 def _listener(raw: Any, index: int) -> ListenerConfig:
@@ -190,7 +229,7 @@ def _listener(raw: Any, index: int) -> ListenerConfig:
         if key in values and values[key] not in allowed:
             raise ConfigError(f"{where}.{key}: {values[key]!r} is not one of {', '.join(allowed)}")
     listener = ListenerConfig(**values)
-    parse_host_port(listener.address, default_port=25)
+    check_listen(listener.address, f"{where}.address")
     return listener
 
 
@@ -198,7 +237,9 @@ def _domain(raw: Any, where: str) -> DomainConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table")
     _no_unknown(raw, {"users", "catch_all"}, where=f"{where}.")
-    users = tuple(_str(u, f"{where}.users[{i}]") for i, u in _list(raw.get("users", []), where))
+    users = tuple(
+        _str(u, f"{where}.users[{i}]") for i, u in _list(raw.get("users", []), f"{where}.users")
+    )
     catch_all = raw.get("catch_all", False)
     if not isinstance(catch_all, bool):
         raise ConfigError(f"{where}.catch_all: expected true or false")
@@ -215,7 +256,12 @@ def _limits(raw: Any) -> Limits:
             continue
         value = raw[f.name]
         numeric = (int, float) if f.type == "float" else (int,)
-        if isinstance(value, bool) or not isinstance(value, numeric) or value < 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numeric)
+            or not math.isfinite(value)
+            or value < 0
+        ):
             kind = "a number" if f.type == "float" else "a whole number"
             raise ConfigError(f"limits.{f.name}: expected {kind} >= 0, got {value!r}")
         values[f.name] = value

@@ -44,9 +44,12 @@ def make_resolver(
 
 def is_loopback(ip: str) -> bool:
     try:
-        return ipaddress.ip_address(ip).is_loopback
+        address = ipaddress.ip_address(ip)
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback  # ::ffff:127.0.0.1 (not loopback in 3.11)
+    return address.is_loopback
 
 
 async def reverse_name(resolver: dns.asyncresolver.Resolver | None, ip: str) -> str | None:

@@ -15,9 +15,11 @@ from pigeon.config import (
     ConfigError,
     DomainConfig,
     ListenerConfig,
+    check_hostname,
+    check_listen,
     check_network,
+    check_resolvers,
     load_config,
-    parse_host_port,
 )
 from pigeon.log import configure_logging
 from pigeon.server import Server
@@ -80,13 +82,13 @@ def build_config(args: argparse.Namespace) -> Config:
     """The file's settings (or the defaults), with the flags given on top."""
     config = load_config(args.config)
     overrides: dict[str, Any] = {}
-    if args.hostname:
-        overrides["hostname"] = args.hostname
+    if args.hostname is not None:
+        overrides["hostname"] = check_hostname(args.hostname, "--hostname")
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
     if args.listen:
         for address in args.listen:
-            parse_host_port(address, default_port=25)
+            check_listen(address, "--listen")
         base = config.listen[0]
         overrides["listen"] = tuple(
             ListenerConfig(
@@ -118,9 +120,9 @@ def build_config(args: argparse.Namespace) -> Config:
     elif args.user or args.catch_all:
         raise ConfigError("--user and --catch-all apply to --domain; name the domain too")
     if args.trust:
-        overrides["trusted_networks"] = tuple(check_network(n) for n in args.trust)
+        overrides["trusted_networks"] = tuple(check_network(n, "--trust") for n in args.trust)
     if args.resolver:
-        overrides["resolver"] = tuple(args.resolver)
+        overrides["resolver"] = check_resolvers(tuple(args.resolver), "--resolver")
     return config.with_overrides(**overrides)
 
 
@@ -144,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(config: Config) -> None:
     server = Server(config)
+    server.handle_signals()
     await server.start()
     for host, port in server.addresses:
         print(f"pigeon: listening on {host}:{port}", flush=True)

@@ -181,13 +181,16 @@ class MaildirAgent:
         # delivery, and ends with something random so that it never collides with them.
         tmp_path = tmp_dir / f"{base},P{os.getpid()}R{secrets.token_hex(8)}"
         tmp_created = already = False
-        step = "look for an earlier delivery"
+        step = ""
         try:
             if check_existing:
-                if self._already_delivered(maildir, base):
-                    return _result(recipient, Outcome.DELIVERED, "2.0.0", "already delivered")
+                # Leftovers first: an attempt killed between link() and unlinking its tmp
+                # name left both, and the copy in new/ ends this delivery just below.
                 step = "remove leftovers in tmp/"
                 _remove_leftovers(tmp_dir, base)
+                step = "look for an earlier delivery"
+                if self._already_delivered(maildir, base):
+                    return _result(recipient, Outcome.DELIVERED, "2.0.0", "already delivered")
 
             step = "create a file in tmp/"
             fd = self._create_tmp(maildir, tmp_path)

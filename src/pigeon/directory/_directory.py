@@ -43,9 +43,9 @@ class Directory:
         return tuple(self._domains)
 
     @property
-    def primary_domain(self) -> str:
-        """Where a bare ``<postmaster>`` goes: the first domain served."""
-        return next(iter(self._domains))
+    def primary_domain(self) -> str | None:
+        """Where a bare ``<postmaster>`` goes: the first domain served (None: a relay only)."""
+        return next(iter(self._domains), None)
 
     def serves(self, domain: str) -> bool:
         return domain.lower() in self._domains

@@ -43,12 +43,16 @@ class RelayPolicy:
 
     def canonical_recipient(self, recipient: Address) -> Address:
         """``<postmaster>`` with no domain means the postmaster of this server."""
-        if not recipient.domain and recipient.is_postmaster:
-            return Address("postmaster", self._directory.primary_domain)
+        domain = self._directory.primary_domain
+        if not recipient.domain and recipient.is_postmaster and domain is not None:
+            return Address("postmaster", domain)
         return recipient
 
     def check_recipient(self, recipient: Address, client_ip: str) -> Reply | None:
         address = str(recipient)
+        if not recipient.domain:
+            # A bare <postmaster> on a server with no domains of its own: nobody to take it.
+            return replies.no_such_user(address)
         if self._directory.serves(recipient.domain):
             if _ROUTING_CHARACTERS.intersection(recipient.local_part):
                 return replies.relay_denied(address)

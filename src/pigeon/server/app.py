@@ -35,6 +35,7 @@ class Server:
         self._servers: list[asyncio.Server] = []
         self._context: ServerContext | None = None
         self._stopped = asyncio.Event()
+        self._stop_requested = asyncio.Event()
 
     @property
     def context(self) -> ServerContext:
@@ -112,12 +113,24 @@ class Server:
         await context.spool.close()
         self._stopped.set()
 
-    async def run_until_signalled(self) -> None:
+    async def wait_stopped(self) -> None:
+        """Until ``shutdown()`` has finished."""
+        await self._stopped.wait()
+
+    def handle_signals(self) -> None:
+        """SIGTERM and SIGINT ask for a graceful stop. Install this before ``start()``: a
+        signal that arrives while the spool is being recovered is then honoured once the
+        server is up, instead of killing it half-started."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, lambda: asyncio.ensure_future(self.shutdown()))
+            loop.add_signal_handler(signum, self._stop_requested.set)
+
+    async def run_until_signalled(self) -> None:
+        """Serve until a signal asks to stop (see ``handle_signals``), then shut down."""
+        loop = asyncio.get_running_loop()
         try:
-            await self._stopped.wait()
+            await self._stop_requested.wait()
+            await self.shutdown()
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(Exception):

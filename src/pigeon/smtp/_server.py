@@ -367,7 +367,12 @@ class ServerConnection:
 
     def _on_rcpt(self, verb: str, argument: str) -> Event | None:
         if self._recipients >= self.settings.max_recipients:
-            raise CommandError(replies.TOO_MANY_RECIPIENTS)
+            # RFC 5321 4.5.3.1.10: 452, and the client goes on to DATA with those accepted.
+            # Not an error: a pipelining client has sent the rest already, and dropping it at
+            # the error limit would lose the whole transaction (Postfix likewise does not
+            # count this, up to smtpd_recipient_overshoot_limit).
+            self._emit(replies.TOO_MANY_RECIPIENTS)
+            return None
         classic = self.settings.classic
         path = parse_path(argument, keyword="TO", for_recipient=True, classic=classic)
         parameters = self._parameters(path.rest)
