@@ -146,7 +146,7 @@ class PeerConnection:
         return data
 
     def until_dot(self) -> bytes:
-        """DATA text up to and without the final CRLF.CRLF, still dot-stuffed."""
+        """DATA text up to its last CRLF (the terminating ".CRLF" dropped), still dot-stuffed."""
         while b"\r\n.\r\n" not in b"\r\n" + self._buf:
             chunk = self.sock.recv(65536)
             if not chunk:

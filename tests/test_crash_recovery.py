@@ -288,7 +288,10 @@ def test_sigkill_under_load_loses_nothing_acknowledged(tmp_path: Path, kill_afte
     data_dir = tmp_path / "data"
     traffic = kill_under_load(data_dir, tmp_path, kill_after)
     restart_and_drain(data_dir, tmp_path)
-    check_mailbox(data_dir / "mail" / "example.test" / "alice", traffic)
+    mailbox = data_dir / "mail" / "example.test" / "alice"
+    check_mailbox(mailbox, traffic)
+    # Deliveries cut off by the kill left nothing behind in the Maildir's tmp/ either.
+    assert list((mailbox / "tmp").iterdir()) == []
     # Spilled bodies of the messages cut off by the kill were removed at the restart.
     assert list((data_dir / "spool" / "tmp").iterdir()) == []
     # Everything recovered was delivered and marked done: a third start finds nothing.
@@ -302,7 +305,9 @@ def test_sigkill_again_while_recovering(tmp_path: Path) -> None:
     with pigeon(data_dir, tmp_path) as (process, _):
         process.kill()  # at once: recovered mail is being delivered now, or about to be
     restart_and_drain(data_dir, tmp_path)
-    check_mailbox(data_dir / "mail" / "example.test" / "alice", traffic)
+    mailbox = data_dir / "mail" / "example.test" / "alice"
+    check_mailbox(mailbox, traffic)
+    assert list((mailbox / "tmp").iterdir()) == []
     assert left_in_spool(data_dir / "spool") == []
 
 
@@ -340,14 +345,8 @@ def test_lost_done_list_makes_no_second_copy(tmp_path: Path) -> None:
     assert left_in_spool(data_dir / "spool") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="bug: delivery/maildir.py deliver() with check_existing=True returns 'already "
-    "delivered' before it calls _remove_leftovers(), so the tmp/ file of a delivery killed "
-    "between link() into new/ and the unlink of its tmp name is never removed",
-)
 def test_recovery_removes_maildir_tmp_leftovers(tmp_path: Path) -> None:
+    """Regression: redelivery found the copy in new/ and returned before cleaning tmp/."""
     data_dir = tmp_path / "data"
     mailbox = data_dir / "mail" / "example.test" / "alice"
     delivered_then_forgotten(data_dir, tmp_path, 1)

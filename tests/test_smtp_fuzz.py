@@ -50,6 +50,10 @@ _TOKENS = [
     b"\x00",
     b"\xff\xfe",
     b"x" * 600,
+    b"EHLO [" + b"9" * 480 + b"]\r\n",  # client text echoed in a reply: lines stay <= 512
+    b"HELO " + b"h" * 490 + b"\r\n",
+    b"MAIL FROM:<(" + b"c" * 480 + b")>\r\n",
+    b"RCPT TO:<(" + b"c" * 480 + b")a@b.test>\r\n",
     b"y" * 1100,
     b"text line\r\n",
     b"<",

@@ -42,7 +42,14 @@ from ._events import (
     Turn,
     Verify,
 )
-from ._grammar import CommandError, _printable, parse_parameters, parse_path, valid_domain
+from ._grammar import (
+    MAX_PATH,
+    CommandError,
+    _printable,
+    parse_parameters,
+    parse_path,
+    valid_domain,
+)
 from ._help import COMMAND_HELP, command_list
 from ._replies import Reply
 from ._state import SEQUENCE, State, sequence_error
@@ -159,11 +166,15 @@ class ServerConnection:
             self.respond(self._hello_reply(event))
         elif isinstance(event, MailFrom):
             self.respond(
-                Reply.of(250, f"{event.raw}... Sender ok") if classic else replies.SENDER_OK
+                Reply.of(250, f"{_printable(event.raw, MAX_PATH)}... Sender ok")
+                if classic
+                else replies.SENDER_OK
             )
         elif isinstance(event, RcptTo):
             self.respond(
-                Reply.of(250, f"{event.raw}... Recipient ok") if classic else replies.RECIPIENT_OK
+                Reply.of(250, f"{_printable(event.raw, MAX_PATH)}... Recipient ok")
+                if classic
+                else replies.RECIPIENT_OK
             )
         elif isinstance(event, DataCommand):
             self.respond(
@@ -215,6 +226,9 @@ class ServerConnection:
         elif isinstance(event, MessageEnd):
             if positive:
                 self.messages += 1
+                # As Postfix does: the limit is on errors without delivering mail, so a
+                # client that gets its mail through starts again from zero.
+                self.errors = 0
             self._reset_transaction()
             self.state = State.READY
         if reply.code == 421:
@@ -333,7 +347,9 @@ class ServerConnection:
                 replies.syntax(f"Syntax: {verb} <domain>: one domain name, no spaces")
             )
         if name.startswith("[") and not valid_domain(name):
-            raise CommandError(replies.syntax(f"{verb}: invalid address literal {name}"))
+            raise CommandError(
+                replies.syntax(f"{verb}: invalid address literal {_printable(name)}")
+            )
         # Any other single token is taken as given, as Postfix does by default: rejecting
         # hostnames with an underscore would turn away real clients for no gain.
         return Hello(name, extended=verb == "EHLO")
@@ -487,7 +503,9 @@ class ServerConnection:
             if self.settings.classic:
                 # A bare HELO names the client by its address, as sendmail did.
                 client = f"[{self.client_address}]"
-                name = f"{event.name} {client}" if event.name else client
+                # The name is echoed: cap it so the reply line stays within 512 octets (4.5.3.1.5).
+                named = _printable(event.name, 255)
+                name = f"{named} {client}" if event.name else client
                 return Reply.of(250, f"{hostname} Hello {name}, pleased to meet you")
             return Reply.of(250, hostname)
         lines = [hostname]
