@@ -16,13 +16,16 @@ peer is a context manager that stops what it started.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +34,8 @@ from typing import Any
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from pigeon.client import SendError
 
 __all__ = [
     "SMTP_SINK",
@@ -41,8 +46,12 @@ __all__ = [
     "SmtpSink",
     "TestCA",
     "Transcript",
+    "esmtp_script",
+    "expect_send_error",
     "free_port",
+    "listening_nowhere",
     "port_is_closed",
+    "resource_warnings",
 ]
 
 # Postfix installs it in /usr/sbin, which is not on every user's PATH.
@@ -164,9 +173,7 @@ class PeerConnection:
 
     def reset(self) -> None:
         """Close with a TCP reset: the client's next read or write fails at once."""
-        self.sock.setsockopt(
-            socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
-        )
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.sock.close()
 
 
@@ -496,3 +503,41 @@ def listening_nowhere(host: str = "127.0.0.1") -> Iterator[int]:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
         holder.bind((host, 0))
         yield holder.getsockname()[1]
+
+
+@contextlib.contextmanager
+def resource_warnings() -> Iterator[list[str]]:
+    """Collect the ResourceWarnings (unclosed sockets and transports) of the block.
+
+    The garbage is collected before the block ends, so what the block leaked is found here
+    and not, at random, in a later test. A test that cares asserts the list is empty."""
+    leaks: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        try:
+            yield leaks
+        finally:
+            gc.collect()
+            leaks.extend(str(w.message) for w in caught if issubclass(w.category, ResourceWarning))
+            for w in caught:
+                if not issubclass(w.category, ResourceWarning):
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def expect_send_error(call: Callable[[], object]) -> tuple[SendError, list[str]]:
+    """Run ``call``, which must raise ``SendError``; return the error and what leaked.
+
+    The error comes back without its traceback and context: those hold the frames, and the
+    frames the client and its socket, which would otherwise outlive the garbage collection
+    done here (and warn, unclosed, in whatever test runs next)."""
+    with resource_warnings() as leaks:
+        try:
+            call()
+        except SendError as error:
+            error.__traceback__ = None
+            error.__context__ = None
+            error.__cause__ = None
+            caught = error
+        else:
+            raise AssertionError("no SendError was raised")
+    return caught, leaks

@@ -176,10 +176,10 @@ class PigeonProcess:
             match = _LISTENING.search(line)
             if match:
                 self.port = int(match.group("port"))
-            if line.startswith("pigeon: spool in"):
+            if "; spool in " in line:
                 break
         if not self.port:
-            self.kill()
+            self.process.kill()
             _, err = self.process.communicate(timeout=10)
             raise AssertionError(f"pigeon serve did not start: {self.banner} {err}")
 
@@ -188,9 +188,13 @@ class PigeonProcess:
         return self.process.wait(timeout)
 
     def kill(self) -> None:
+        """SIGKILL if still running, then close the pipes (read ``stderr()`` before)."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None and not stream.closed:
+                stream.close()
 
     def stderr(self) -> str:
         assert self.process.stderr is not None

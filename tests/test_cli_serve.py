@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import smtplib
 import socket
@@ -17,6 +18,9 @@ import pigeon
 from tests.servers import PigeonProcess, read_maildir, wait_for
 
 EX_CONFIG = 78
+# With no --workers, pigeon serve runs one worker per core.
+_CORES = os.cpu_count() or 1
+WORKERS = "1 process" if _CORES == 1 else f"{_CORES} worker processes"
 
 Start = Callable[..., PigeonProcess]
 
@@ -106,7 +110,7 @@ def test_banner_of_the_default_server(tmp_path: Path, start: Start) -> None:
         f"pigeon: listening on 127.0.0.1:{process.port}",
         "pigeon: mail for localhost: any local part -> pigeon-data/mail/localhost/<user>/ "
         "(Maildir)",
-        "pigeon: spool in pigeon-data/spool",
+        f"pigeon: {WORKERS}; spool in pigeon-data/spool",
     ]
     assert (tmp_path / "pigeon-data" / "spool").is_dir()
     assert "Traceback" not in stop(process)
@@ -151,7 +155,7 @@ def test_flags_name_the_domain_and_its_users(tmp_path: Path, start: Start) -> No
     assert process.banner[1:] == [
         f"pigeon: mail for example.test: alice, bob, postmaster -> {data}/mail/example.test/"
         "<user>/ (Maildir)",
-        f"pigeon: spool in {data}/spool",
+        f"pigeon: {WORKERS}; spool in {data}/spool",
     ]
     assert not (tmp_path / "pigeon-data").exists()
     assert "Traceback" not in stop(process)
@@ -242,7 +246,7 @@ def test_config_file_settings_apply(tmp_path: Path, start: Start) -> None:
     assert process.banner[1:] == [
         f"pigeon: mail for example.test: alice, postmaster -> {var}/mail/example.test/<user>/ "
         "(Maildir)",
-        f"pigeon: spool in {var}/spool",
+        f"pigeon: {WORKERS}; spool in {var}/spool",
     ]
     assert not any(cwd.iterdir())
     assert "Traceback" not in stop(process)
@@ -279,7 +283,7 @@ def test_flags_override_the_file(tmp_path: Path, start: Start) -> None:
     )
     assert process.banner[1:] == [
         f"pigeon: mail for other.test: zed, postmaster -> {data}/mail/other.test/<user>/ (Maildir)",
-        f"pigeon: spool in {data}/spool",
+        f"pigeon: {WORKERS}; spool in {data}/spool",
     ]
     assert not (tmp_path / "conf" / "var").exists()
     assert "Traceback" not in stop(process)

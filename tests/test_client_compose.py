@@ -172,7 +172,7 @@ def test_attachment_from_path(tmp_path: Path) -> None:
 
 
 def test_non_ascii_subject_names_and_body_are_7bit_on_the_wire() -> None:
-    subject = "Grüße aus Köln – 東京"
+    subject = "Grüße aus Köln, 東京"
     text = "Ça va? Ünïcödé body, and a long line: " + "ж" * 200 + "\n"
     message = compose(
         sender="Zoë <zoe@example.test>",
@@ -278,3 +278,20 @@ def test_compose_output_never_needs_make_7bit(subject: str) -> None:
         attachments=[Attachment("x.bin", ALL_BYTES * 10)],
     )
     assert to_bytes(message).isascii()
+
+
+@pytest.mark.parametrize("address", ["bob@", "Bob <bob@>"])
+def test_compose_refuses_an_address_without_a_domain_with_value_error(address: str) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011
+        compose(sender="a@example.test", to=[address])
+
+
+def test_an_unparsable_recipient_is_not_silently_dropped() -> None:
+    with pytest.raises(ValueError, match=r"bob@@x\.test"):
+        compose(sender="a@example.test", to=["alice@example.test"], cc=["bob@@x.test"])
+    # A message made elsewhere (sendmail -t reads one) is refused too, naming the header.
+    message = EmailMessage()
+    message["To"] = "alice@example.test"
+    message["Cc"] = "bob@@x.test"
+    with pytest.raises(ValueError, match=r"^Cc: "):
+        envelope_recipients(message)

@@ -124,11 +124,6 @@ def test_endless_continuation_lines_are_a_reply_error() -> None:
         parser.next_reply()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ReplyParser enforces MAX_LINE only while a line is incomplete, so an "
-    "over-long line that arrives whole in one read is accepted (RFC 5321 4.5.3.1.5: 512)",
-)
 def test_overlong_line_is_refused_however_it_arrives() -> None:
     with pytest.raises(ReplyError):
         parse(b"250 " + b"x" * (ReplyParser.MAX_LINE + 1) + b"\r\n")
@@ -368,11 +363,6 @@ def test_quit_reply_closes_and_nothing_is_sent_after() -> None:
         conn.noop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ClientConnection only marks itself closed when the 221 arrives, so a "
-    "command can still be sent after QUIT (its docstring: 'nothing is sent after QUIT')",
-)
 def test_nothing_can_be_sent_once_quit_is_sent() -> None:
     conn = greeted()
     conn.quit()
@@ -536,11 +526,15 @@ def test_all_recipients_refused_then_data_refused_then_rset_and_a_second_transac
     pair.replies()
     pair.send(pair.client.ehlo("client.test"))
     pair.replies()
-    pair.send(pair.client.mail("a@b.test") + pair.client.rcpt("x@elsewhere.test") + pair.client.data())
+    pair.send(
+        pair.client.mail("a@b.test") + pair.client.rcpt("x@elsewhere.test") + pair.client.data()
+    )
     assert [r.code for _, r in pair.replies()] == [250, 550, 554]
     pair.send(pair.client.rset())
     assert [(c, r.code) for c, r in pair.replies()] == [("RSET", 250)]
-    pair.send(pair.client.mail("a@b.test") + pair.client.rcpt("bob@example.test") + pair.client.data())
+    pair.send(
+        pair.client.mail("a@b.test") + pair.client.rcpt("bob@example.test") + pair.client.data()
+    )
     assert [r.code for _, r in pair.replies()] == [250, 250, 354]
     pair.send(pair.client.message(b""))
     ((_, final),) = pair.replies()

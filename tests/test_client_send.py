@@ -235,8 +235,7 @@ def test_send_async_from_a_running_loop(server: ThreadedServer) -> None:
     async def main() -> bool:
         message = compose(sender=SENDER, to=[ALICE], text="async\n")
         tasks = [
-            send_async(message, server="127.0.0.1", port=server.port, timeout=10)
-            for _ in range(3)
+            send_async(message, server="127.0.0.1", port=server.port, timeout=10) for _ in range(3)
         ]
         return all(result.all_accepted for result in await asyncio.gather(*tasks))
 
@@ -259,7 +258,7 @@ def test_invalid_addresses_are_refused_before_connecting(
     sender: str, recipients: list[str]
 ) -> None:
     with ScriptedPeer(esmtp_script()) as peer:
-        with pytest.raises(ValueError, match="address|recipients") as caught:
+        with pytest.raises(ValueError, match=r"address|recipients") as caught:
             send(
                 b"Subject: x\r\n\r\nx\r\n",
                 sender=sender,
@@ -425,3 +424,33 @@ def test_chunking_offered_but_not_requested_uses_data() -> None:
         )  # fmt: skip
     assert result.all_accepted
     assert messages == [b"Subject: x\r\n\r\n..dot\r\n"]
+
+
+def test_nothing_8bit_reaches_a_7bit_server() -> None:
+    messages: list[bytes] = []
+    with ScriptedPeer(esmtp_script(("PIPELINING",), messages=messages)) as peer:
+        send(
+            "Subject: Grüße\r\n\r\nbody ü\r\n".encode(), sender=SENDER, recipients=[ALICE],
+            server="127.0.0.1", port=peer.port,
+        )  # fmt: skip
+    (text,) = messages
+    assert text.isascii()
+
+
+def test_null_sender_for_bounces(server: ThreadedServer) -> None:
+    transcript = Transcript()
+    result = send(
+        b"Subject: bounce\r\n\r\nundeliverable\r\n", sender="", recipients=[ALICE],
+        server="127.0.0.1", port=server.port, transcript=transcript,
+    )  # fmt: skip
+    assert result.all_accepted
+    assert any(line.startswith("MAIL FROM:<> ") for line in transcript.sent)
+    (raw,) = mailbox(server, "alice")
+    assert raw.startswith(b"Return-Path: <>")
+
+
+def test_null_recipient_is_refused_before_connecting() -> None:
+    with ScriptedPeer(esmtp_script()) as peer:
+        with pytest.raises(ValueError, match="address"):
+            send(b"x\r\n", sender="", recipients=[""], server="127.0.0.1", port=peer.port)
+        assert peer.accepted == 0

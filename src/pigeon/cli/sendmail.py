@@ -99,12 +99,23 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"sendmail: {error}", file=sys.stderr)
         return _exit.USAGE
-    raw = _read_message(sys.stdin.buffer, stop_at_dot=not args.ignore_dots)
+    # "-oi" reaches here as -o with value "i" when run as `pigeon sendmail`.
+    ignore_dots = args.ignore_dots or "i" in args.options
+    raw = _read_message(sys.stdin.buffer, stop_at_dot=not ignore_dots)
     message = BytesParser(policy=SMTP).parsebytes(raw)
-    sender = args.sender or f"{getpass.getuser()}@{socket.getfqdn()}"
+    if args.sender is None:
+        sender = f"{getpass.getuser()}@{socket.getfqdn()}"
+    else:
+        # -f '' and -f '<>' mean the null sender, as in Postfix (for bounces and autoreplies).
+        sender = args.sender.strip().removeprefix("<").removesuffix(">")
     recipients = list(args.recipients)
     if args.from_headers:
-        recipients += [r for r in envelope_recipients(message) if r not in recipients]
+        try:
+            found = envelope_recipients(message)
+        except ValueError as error:
+            print(f"sendmail: {error}", file=sys.stderr)
+            return _exit.DATA_ERROR
+        recipients += [r for r in found if r not in recipients]
     if not recipients:
         print(
             "sendmail: no recipients (give addresses, or -t to read them from the headers)",

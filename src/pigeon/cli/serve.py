@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,11 @@ from pigeon.config import (
     check_resolvers,
     load_config,
 )
+from pigeon.directory import Directory
 from pigeon.log import configure_logging
 from pigeon.server import Server
+from pigeon.server.loop import use_uvloop
+from pigeon.server.supervisor import Supervisor
 
 __all__ = ["build_config", "register"]
 
@@ -73,6 +76,13 @@ def register(commands: Any) -> None:
         action="append",
         metavar="HOST:PORT",
         help="DNS server for reverse lookups (repeatable; default: no lookups)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="worker processes sharing the listening ports (default: one per core)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     parser.set_defaults(run=run)
@@ -132,36 +142,49 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"pigeon serve: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
-    _use_uvloop()
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    if workers < 1:
+        print("pigeon serve: --workers must be at least 1", file=sys.stderr)
+        return EXIT_CONFIG
+    level = logging.DEBUG if args.verbose else logging.INFO
+    configure_logging(level)
     try:
-        asyncio.run(_serve(config))
+        if workers == 1:
+            use_uvloop()
+            asyncio.run(_serve(config))
+            return 0
+        return _supervise(config, workers, level)
     except OSError as error:
         print(f"pigeon serve: cannot start: {error}", file=sys.stderr)
         return 71  # EX_OSERR
     except KeyboardInterrupt:
-        pass
-    return 0
+        return 0
 
 
 async def _serve(config: Config) -> None:
     server = Server(config)
     server.handle_signals()
     await server.start()
-    for host, port in server.addresses:
-        print(f"pigeon: listening on {host}:{port}", flush=True)
-    for line in server.context.directory.describe():
-        print(f"pigeon: mail for {line}", flush=True)
-    print(f"pigeon: spool in {config.spool_dir}", flush=True)
+    _banner(config, server.addresses, workers=1)
     if server.recovered:
         print(f"pigeon: {server.recovered} message(s) recovered from the spool", flush=True)
     await server.run_until_signalled()
 
 
-def _use_uvloop() -> None:
-    """uvloop when installed: the same asyncio API, a faster loop."""
-    try:
-        uvloop = importlib.import_module("uvloop")
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+def _supervise(config: Config, workers: int, level: int) -> int:
+    supervisor = Supervisor(config, workers, log_level=level)
+    supervisor.start(supervisor.bind())
+    _banner(config, supervisor.addresses, workers=workers)
+    return supervisor.run()
+
+
+def _banner(config: Config, addresses: list[tuple[str, int]], *, workers: int) -> None:
+    """What a person starting the server wants to know: where it listens, where mail goes."""
+    for host, port in addresses:
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        print(f"pigeon: listening on {shown}", flush=True)
+    directory = Directory(config.domains, mail_root=config.mail_dir)
+    for line in directory.describe():
+        print(f"pigeon: mail for {line}", flush=True)
+    processes = "1 process" if workers == 1 else f"{workers} worker processes"
+    print(f"pigeon: {processes}; spool in {config.spool_dir}", flush=True)

@@ -121,8 +121,9 @@ def _envelope(
         raise ValueError("no sender: give sender= or a message with a From header")
     if not recipients:
         raise ValueError("no recipients: give recipients= or a message with To/Cc/Bcc")
-    for address in (sender, *recipients):
-        _check_address(address, allow_empty=address is sender)
+    _check_address(sender, allow_empty=True)
+    for recipient in recipients:
+        _check_address(recipient, allow_empty=False)
     return data, sender, list(recipients)
 
 

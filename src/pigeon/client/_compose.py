@@ -9,9 +9,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from copy import deepcopy
 from dataclasses import dataclass
 from email import encoders
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from pathlib import Path
+
+from pigeon.smtp import parse_mailbox
 
 __all__ = [
     "Attachment",
@@ -56,6 +58,11 @@ def compose(
 
     Bcc recipients are kept out of the headers (they go only in the envelope: use
     ``envelope_recipients``), as every mail client does."""
+    for field, values in (("From", [sender]), ("To", to), ("Cc", cc), ("Bcc", bcc)):
+        for value in values:
+            _check_header_address(field, value)
+    if reply_to is not None:
+        _check_header_address("Reply-To", reply_to)
     # cte_type 7bit: set_content picks quoted-printable or base64 for non-ASCII text, so a
     # composed message travels through any server, 8BITMIME or not.
     message = EmailMessage(policy=_POLICY.clone(cte_type="7bit"))
@@ -89,13 +96,18 @@ def compose(
     return message
 
 
-def envelope_recipients(message: EmailMessage) -> list[str]:
-    """Every address in To, Cc and Bcc (what ``sendmail -t`` sends to), without duplicates."""
-    fields = [str(v) for name in ("To", "Cc", "Bcc") for v in message.get_all(name, [])]
+def envelope_recipients(message: EmailMessage | Message) -> list[str]:
+    """Every address in To, Cc and Bcc (what ``sendmail -t`` sends to), without duplicates.
+
+    Raises ValueError naming the header when an address cannot be read: sending to the
+    others without a word would lose that recipient silently."""
     seen: dict[str, None] = {}
-    for _, address in email.utils.getaddresses(fields):
-        if address:
-            seen.setdefault(address, None)
+    for name in ("To", "Cc", "Bcc"):
+        for value in message.get_all(name, []):
+            for _, address in email.utils.getaddresses([str(value)]):
+                if not address or parse_mailbox(address) is None:
+                    raise ValueError(f"{name}: cannot read an address in {str(value)!r}")
+                seen.setdefault(address, None)
     return list(seen)
 
 
@@ -109,9 +121,17 @@ def to_bytes(message: EmailMessage, *, utf8: bool = False) -> bytes:
 
 
 def make_7bit(data: bytes) -> bytes:
-    """Re-encode every 8-bit body part as quoted-printable (text) or base64 (the rest), for
-    a server that does not offer 8BITMIME (RFC 6152 section 3). Headers are left alone."""
+    """Re-encode every 8-bit body part as quoted-printable (text) or base64 (the rest), and
+    every raw UTF-8 header as RFC 2047 encoded words, for a server that offers neither
+    8BITMIME nor SMTPUTF8 (RFC 6152 section 3)."""
     message = BytesParser(policy=_POLICY).parsebytes(data)
+    for part in message.walk():
+        for name, value in list(part.items()):
+            text = str(value)
+            if not text.isascii():
+                # Undo the parser's surrogate escapes, then let the policy encode the header.
+                raw = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                part.replace_header(name, raw)
     for part in message.walk():
         if part.is_multipart():
             continue
@@ -127,6 +147,13 @@ def make_7bit(data: bytes) -> bytes:
         else:
             encoders.encode_base64(part)
     return message.as_bytes(policy=_POLICY)
+
+
+def _check_header_address(field: str, value: str) -> None:
+    """``value`` must be one address, bare or as ``Name <address>``; say what is wrong."""
+    _, address = email.utils.parseaddr(value)
+    if not address or parse_mailbox(address) is None:
+        raise ValueError(f"{field}: not a valid address: {value!r} (expected local-part@domain)")
 
 
 def needs_8bit(data: bytes) -> bool:

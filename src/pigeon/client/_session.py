@@ -83,8 +83,7 @@ class SMTPClient:
         return f"{self.host}[{self._connect_to}]:{self.port}"
 
     # -- session ------------------------------------------------------------------------------
-    async def connect(self) -> None:
-        """Connect, read the greeting, say EHLO, start TLS and authenticate as configured."""
+    async def _connect(self) -> None:
         context = self._tls_context() if self.tls == "implicit" else None
         try:
             self._reader, self._writer = await asyncio.wait_for(
@@ -206,16 +205,30 @@ class SMTPClient:
         finally:
             await self.close()
 
-    async def close(self) -> None:
+    async def close(self, *, abort: bool = False) -> None:
+        """Close the connection; ``abort`` drops unsent data at once (after an error)."""
         writer, self._writer = self._writer, None
         if writer is not None:
-            writer.close()
+            if abort:
+                writer.transport.abort()
+            else:
+                writer.close()
             with contextlib.suppress(OSError, TimeoutError, ssl.SSLError):
                 await asyncio.wait_for(writer.wait_closed(), 5)
 
     async def __aenter__(self) -> SMTPClient:
         await self.connect()
         return self
+
+    async def connect(self) -> None:
+        """Connect, read the greeting, say EHLO, start TLS and authenticate as configured.
+
+        On failure the connection is closed before the error is raised."""
+        try:
+            await self._connect()
+        except BaseException:
+            await self.close(abort=True)
+            raise
 
     async def __aexit__(
         self,
@@ -226,7 +239,7 @@ class SMTPClient:
         if exc is None:
             await self.quit()
         else:
-            await self.close()
+            await self.close(abort=True)
 
     # -- one message --------------------------------------------------------------------------
     async def send(
@@ -263,7 +276,7 @@ class SMTPClient:
             batch += [self._conn.rcpt(r) for r in recipients]
             if not use_bdat:
                 batch.append(self._conn.data())
-            await self._write(b"".join(batch))
+            await self._write(b"".join(batch), stage="MAIL")
             mail = await self._reply("MAIL")
             rcpt_replies = [await self._reply("RCPT") for _ in recipients]
             data = None if use_bdat else await self._reply("DATA")
@@ -306,10 +319,10 @@ class SMTPClient:
         ]
         for index, chunk in enumerate(chunks):
             last = index == len(chunks) - 1
-            await self._write(self._conn.bdat(chunk, last=last))
+            await self._write(self._conn.bdat(chunk, last=last), stage="DATA")
         final = None
         for _ in chunks:
-            final = await self._reply("BDAT")
+            final = await self._reply("DATA")
             if final.code != 250:
                 break
         assert final is not None
@@ -323,22 +336,22 @@ class SMTPClient:
         return RecipientResult(recipient, reply.code, reply.status, reply.text, self.server)
 
     async def _command(self, stage: str, data: bytes, *, secret: bool = False) -> Reply:
-        await self._write(data, secret=secret)
+        await self._write(data, stage=stage, secret=secret)
         return await self._reply(stage)
 
-    async def _write(self, data: bytes, *, secret: bool = False) -> None:
+    async def _write(self, data: bytes, *, stage: str, secret: bool = False) -> None:
         writer = self._writer
         if writer is None:
-            raise ProtocolError("connect", "not connected")
+            raise ProtocolError(stage, "not connected")
         if self._transcript is not None:
             self._log_sent(data, secret=secret)
         try:
             writer.write(data)
             await asyncio.wait_for(writer.drain(), self.timeout)
         except TimeoutError:
-            raise TimeoutError_("write", f"{self.server} stopped reading") from None
+            raise TimeoutError_(stage, f"{self.server} stopped reading") from None
         except (OSError, ssl.SSLError) as error:
-            raise ProtocolError("write", f"connection to {self.server} lost: {error}") from None
+            raise ProtocolError(stage, f"connection to {self.server} lost: {error}") from None
 
     async def _reply(self, stage: str) -> Reply:
         reader = self._reader

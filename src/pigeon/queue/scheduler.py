@@ -52,6 +52,7 @@ class LocalAgent(Protocol):
 @dataclass(slots=True)
 class _Job:
     message: SpooledMessage
+    spool: Spool  # the spool that holds the message (a worker may adopt others' spools)
     pending: list[int]  # indexes into envelope.recipients still to deliver
     recovered: bool
     attempts: int = 0
@@ -88,9 +89,11 @@ class Scheduler:
             for n in range(self._concurrency)
         ]
 
-    def submit(self, message: SpooledMessage, *, recovered: bool = False) -> None:
+    def submit(
+        self, message: SpooledMessage, *, recovered: bool = False, spool: Spool | None = None
+    ) -> None:
         pending = list(range(len(message.envelope.recipients)))
-        self._enqueue(_Job(message, pending, recovered))
+        self._enqueue(_Job(message, spool or self._spool, pending, recovered))
 
     @property
     def backlog(self) -> int:
@@ -170,7 +173,7 @@ class Scheduler:
             handle = loop.call_later(delay, retry)
             self._retries.add(handle)
         elif not job.held:
-            await self._spool.mark_done(message)
+            await job.spool.mark_done(message)
 
     def _deliver(self, job: _Job) -> list[tuple[int, DeliveryResult]]:
         """Runs in a worker thread: one agent call per recipient still pending."""
@@ -192,7 +195,7 @@ class Scheduler:
                         detail="no transport for remote domains yet; kept in the spool",
                     )
                 continue
-            with self._spool.open_body(message) as body:
+            with job.spool.open_body(message) as body:
                 result = self._agent.deliver(
                     maildir,
                     body,

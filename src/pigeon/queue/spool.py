@@ -140,6 +140,7 @@ __all__ = [
     "Spool",
     "SpoolError",
     "SpooledMessage",
+    "spool_workers",
 ]
 
 log = logging.getLogger(__name__)
@@ -488,6 +489,15 @@ def _nothing() -> None:
 
 def _segment_header(nonce: bytes) -> bytes:
     return _SEGMENT_HEADER.pack(SEGMENT_MAGIC, nonce, zlib.crc32(SEGMENT_MAGIC + nonce))
+
+
+def spool_workers(root: Path | str) -> set[str]:
+    """The names of every worker that has segments under ``root`` (open or not)."""
+    try:
+        names = os.listdir(Path(root) / "segments")
+    except FileNotFoundError:
+        return set()
+    return {m.group("worker") for n in names if (m := _SPOOL_FILE.fullmatch(n))}
 
 
 class Spool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 from pigeon.config import Config
@@ -28,8 +29,26 @@ __all__ = ["Server"]
 
 
 class Server:
-    def __init__(self, config: Config) -> None:
+    """One worker: listeners, sessions, spool and scheduler on one event loop.
+
+    ``worker`` names this process's spool segments; ``adopt`` names other workers' spools
+    whose mail this worker delivers (a previous run had more workers); ``reuse_port`` lets
+    several workers listen on one port (SO_REUSEPORT), see ``pigeon.server.supervisor``.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        worker: str = "w0",
+        adopt: Sequence[str] = (),
+        reuse_port: bool = False,
+    ) -> None:
         self.config = config
+        self.worker = worker
+        self._adopt = tuple(adopt)
+        self._reuse_port = reuse_port
+        self._adopted: list[Spool] = []
         self.addresses: list[tuple[str, int]] = []
         self.recovered = 0
         self._servers: list[asyncio.Server] = []
@@ -45,7 +64,7 @@ class Server:
     async def start(self) -> None:
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        spool = Spool(config.spool_dir)
+        spool = Spool(config.spool_dir, worker=self.worker)
         await spool.open()
         directory = Directory(config.domains, mail_root=config.mail_dir)
 
@@ -72,6 +91,14 @@ class Server:
         for message in recovered:
             scheduler.submit(message, recovered=True)
         self.recovered = len(recovered)
+        for name in self._adopt:
+            other = Spool(config.spool_dir, worker=name)
+            await other.open()
+            self._adopted.append(other)
+            orphans = await other.recover()
+            for message in orphans:
+                scheduler.submit(message, recovered=True, spool=other)
+            self.recovered += len(orphans)
         if recovered:
             log("recovered", messages=len(recovered))
 
@@ -83,7 +110,14 @@ class Server:
             def factory(listener: Listener = listener) -> Session:
                 return Session(listener)
 
-            server = await loop.create_server(factory, host, port, reuse_address=True, backlog=1024)
+            server = await loop.create_server(
+                factory,
+                host,
+                port,
+                reuse_address=True,
+                reuse_port=self._reuse_port or None,
+                backlog=1024,
+            )
             self._servers.append(server)
             for sock in server.sockets:
                 bound = sock.getsockname()
@@ -111,18 +145,23 @@ class Server:
             await server.wait_closed()
         await context.scheduler.stop()
         await context.spool.close()
+        for other in self._adopted:
+            await other.close()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
         """Until ``shutdown()`` has finished."""
         await self._stopped.wait()
 
-    def handle_signals(self) -> None:
-        """SIGTERM and SIGINT ask for a graceful stop. Install this before ``start()``: a
-        signal that arrives while the spool is being recovered is then honoured once the
-        server is up, instead of killing it half-started."""
+    def handle_signals(self, *, interrupt: bool = True) -> None:
+        """SIGTERM (and SIGINT unless ``interrupt`` is False) ask for a graceful stop.
+
+        Install this before ``start()``: a signal that arrives while the spool is being
+        recovered is then honoured once the server is up, instead of killing it half-started.
+        """
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        signals = (signal.SIGTERM, signal.SIGINT) if interrupt else (signal.SIGTERM,)
+        for signum in signals:
             loop.add_signal_handler(signum, self._stop_requested.set)
 
     async def run_until_signalled(self) -> None:

@@ -85,6 +85,7 @@ class ClientConnection:
         self._expected: deque[str] = deque(["GREETING"])
         self.extensions = Extensions()
         self.closed = False
+        self._quit_sent = False
 
     # -- replies ------------------------------------------------------------------------------
     def receive_data(self, data: bytes) -> None:
@@ -179,8 +180,9 @@ class ClientConnection:
         return self._raw(name, line.encode("utf-8") + b"\r\n")
 
     def _raw(self, name: str, data: bytes) -> bytes:
-        if self.closed:
+        if self.closed or self._quit_sent:
             raise RuntimeError("the session is closed")
+        self._quit_sent = name == "QUIT"
         self._expected.append(name)
         return data
 

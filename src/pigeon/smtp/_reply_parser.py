@@ -47,6 +47,8 @@ class ReplyParser:
                 if len(buf) > self.MAX_LINE:
                     raise ReplyError("reply line too long")
                 return None
+            if end > self.MAX_LINE:
+                raise ReplyError("reply line too long")
             raw = bytes(buf[:end]).rstrip(b"\r")
             del buf[: end + 1]
             match = _LINE.fullmatch(raw)

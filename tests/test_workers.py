@@ -1,0 +1,133 @@
+"""``pigeon serve --workers N``: several processes on one port, sharing one data directory."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import smtplib
+import time
+from pathlib import Path
+
+from pigeon.queue import Envelope, Spool
+from tests.servers import PigeonProcess, read_maildir, wait_for
+
+ARGS = [
+    "--listen",
+    "127.0.0.1:0",
+    "--hostname",
+    "mx.example.test",
+    "--domain",
+    "example.test",
+    "--user",
+    "alice",
+]
+
+
+def children(pid: int) -> list[int]:
+    """The worker processes of a supervisor (not multiprocessing's resource tracker)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    if not path.exists():
+        return []
+    workers = []
+    for child in (int(p) for p in path.read_text().split()):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"resource_tracker" not in cmdline:
+            workers.append(child)
+    return workers
+
+
+def test_workers_share_the_port_and_deliver(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    server = PigeonProcess([*ARGS, "--data-dir", str(data), "--workers", "3"], cwd=tmp_path)
+    try:
+        assert "pigeon: 3 worker processes; spool in " in server.banner[-1]
+        workers = children(server.process.pid)
+        assert len(workers) == 3
+        for n in range(30):
+            with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
+                client.sendmail(
+                    "a@remote.test", ["alice@example.test"], f"Subject: {n}\r\n\r\nx\r\n"
+                )
+        mailbox = data / "mail" / "example.test" / "alice"
+        wait_for(lambda: len(read_maildir(mailbox)) == 30, what="30 messages delivered")
+        # The kernel spread the connections: more than one worker wrote spool segments.
+        segments = {p.name.split("-")[0] for p in (data / "spool" / "segments").iterdir()}
+        assert len(segments) >= 2
+        assert server.terminate() == 0
+    finally:
+        server.kill()
+
+
+def test_killed_supervisor_takes_its_workers_with_it(tmp_path: Path) -> None:
+    server = PigeonProcess(
+        [*ARGS, "--data-dir", str(tmp_path / "d"), "--workers", "2"], cwd=tmp_path
+    )
+    workers = children(server.process.pid)
+    assert len(workers) == 2
+    server.kill()
+    deadline = time.monotonic() + 10
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    while time.monotonic() < deadline and not all(gone(p) for p in workers):
+        time.sleep(0.05)
+    assert all(gone(p) for p in workers), "workers outlived a SIGKILLed supervisor"
+
+
+def test_a_dead_worker_is_replaced(tmp_path: Path) -> None:
+    server = PigeonProcess(
+        [*ARGS, "--data-dir", str(tmp_path / "d"), "--workers", "2"], cwd=tmp_path
+    )
+    try:
+        victim = children(server.process.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(
+            lambda: (
+                len(children(server.process.pid)) == 2
+                and victim not in children(server.process.pid)
+            ),
+            timeout=20,
+            what="a new worker",
+        )
+        for _ in range(4):  # whichever worker the kernel picks answers
+            with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
+                assert client.noop()[0] == 250
+        assert server.terminate() == 0
+    finally:
+        server.kill()
+
+
+def test_mail_of_a_worker_that_no_longer_runs_is_adopted(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+
+    async def leave_mail_in_spool_of_w7() -> str:
+        spool = Spool(data / "spool", worker="w7")
+        await spool.open()
+        writer = spool.new_message()
+        writer.write(b"Subject: orphan\r\n\r\nleft by a fifth worker\r\n")
+        envelope = Envelope("a@remote.test", ("alice@example.test",), received_at=time.time())
+        stored = await spool.commit(writer, envelope)
+        await spool.close()
+        return stored.queue_id
+
+    queue_id = asyncio.run(leave_mail_in_spool_of_w7())
+    server = PigeonProcess([*ARGS, "--data-dir", str(data), "--workers", "2"], cwd=tmp_path)
+    try:
+        mailbox = data / "mail" / "example.test" / "alice"
+        wait_for(lambda: len(read_maildir(mailbox)) == 1, what="the orphan delivered")
+        assert b"left by a fifth worker" in read_maildir(mailbox)[0]
+        assert server.terminate() == 0
+    finally:
+        server.kill()
+    # Delivered and marked done: nothing of w7 is left to recover.
+    assert not [p for p in (data / "spool" / "segments").iterdir() if p.name.startswith("w7-")]
+    assert queue_id
