@@ -51,6 +51,18 @@ _HIGH_WATER = 256 * 1024
 _session_ids = itertools.count(1)
 
 
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _rfc5322_now() -> str:
+    """The date for a Received line; formatted once a second, not once a message."""
+    global _date_cache
+    second = int(time.time())
+    if _date_cache[0] != second:
+        _date_cache = (second, email.utils.format_datetime(email.utils.localtime()))
+    return _date_cache[1]
+
+
 class Session(asyncio.Protocol):
     def __init__(self, listener: Listener) -> None:
         self._listener = listener
@@ -302,7 +314,7 @@ class Session(asyncio.Protocol):
             f"Received: from {helo} ({client})",
             f"\tby {self._context.config.hostname} (Pigeon) with {protocol} id {queue_id}",
         ]
-        date = email.utils.format_datetime(email.utils.localtime())
+        date = _rfc5322_now()
         if len(self._recipients) == 1:
             # Naming the recipient only when there is one keeps Bcc recipients private.
             lines.append(f"\tfor <{self._recipients[0]}>; {date}")
