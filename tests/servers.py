@@ -66,8 +66,8 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "
 
 def read_maildir(path: Path) -> list[bytes]:
     """Every message in the Maildir at ``path`` (new/ and cur/), as bytes, oldest first."""
-    if not path.exists():
-        return []
+    if not all((path / sub).is_dir() for sub in ("tmp", "new", "cur")):
+        return []  # not there yet, or being created by the delivery agent right now
     box = mailbox.Maildir(path, factory=None, create=False)
     keys = sorted(box.keys())
     return [box.get_bytes(key) for key in keys]

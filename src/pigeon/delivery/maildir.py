@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -154,8 +155,13 @@ class MaildirAgent:
         envelope: Envelope,
         unique: str,
         check_existing: bool = False,
+        sync_dir: bool = True,
     ) -> DeliveryResult:
         """Write ``body`` for ``recipient`` into ``maildir`` and say how it went.
+
+        With ``sync_dir=False`` the caller promises to call ``sync_new_dirs`` for this
+        Maildir before it takes the result as final: a batch of deliveries then shares one
+        fsync of each ``new/`` directory instead of paying one each.
 
         ``body`` is the message as SMTP carried it (CRLF line ends, dot-unstuffed), read from
         its current position to its end in chunks. Problems with the mailbox or the disk come
@@ -205,7 +211,8 @@ class MaildirAgent:
             # Also when the link already existed: the attempt that made it may have died
             # between link() and this fsync, and "delivered" must mean "on disk".
             step = "sync new/"
-            self._fsync_dir(new_dir)
+            if sync_dir:
+                self._fsync_dir(new_dir)
         except _SpoolReadError as exc:
             _log.warning("maildir %s: cannot read message for %s: %s", maildir, recipient, exc)
             return _result(
@@ -275,6 +282,20 @@ class MaildirAgent:
             # queue gives each recipient of each message its own unique: this is our message.
             return True
         return False
+
+    def sync_new_dirs(self, maildirs: Iterable[Path]) -> dict[Path, DeliveryResult | None]:
+        """fsync ``new/`` of each Maildir; per Maildir None, or the failure to report
+        (for ``recipient`` fill in by the caller) when the sync failed."""
+        outcome: dict[Path, DeliveryResult | None] = {}
+        for maildir in maildirs:
+            try:
+                self._fsync_dir(maildir / "new")
+            except OSError as exc:
+                _log.warning("maildir %s: sync new/ failed: %s", maildir, exc)
+                outcome[maildir] = _failure("", "sync new/", exc)
+            else:
+                outcome[maildir] = None
+        return outcome
 
     def _already_delivered(self, maildir: Path, base: str) -> bool:
         # new/ first, then cur/: a reader moves messages from new/ to cur/ and never back,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -46,7 +46,10 @@ class LocalAgent(Protocol):
         envelope: Envelope,
         unique: str,
         check_existing: bool = False,
+        sync_dir: bool = True,
     ) -> DeliveryResult: ...
+
+    def sync_new_dirs(self, maildirs: Iterable[Path]) -> dict[Path, DeliveryResult | None]: ...
 
 
 @dataclass(slots=True)
@@ -69,6 +72,7 @@ class Scheduler:
         concurrency: int = 4,
         retry_base: float = 60.0,
         retry_max: float = 3600.0,
+        batch_size: int = 64,
     ) -> None:
         self._spool = spool
         self._agent = local_agent
@@ -76,6 +80,7 @@ class Scheduler:
         self._concurrency = concurrency
         self._retry_base = retry_base
         self._retry_max = retry_max
+        self._batch_size = batch_size
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
         self._retries: set[asyncio.TimerHandle] = set()
@@ -128,28 +133,43 @@ class Scheduler:
 
     async def _work(self) -> None:
         while True:
-            job = await self._jobs.get()
-            self._active += 1
+            batch = [await self._jobs.get()]
+            # Whatever else is waiting goes along: one trip to a worker thread, one fsync
+            # of each Maildir's new/, one done-list append for the lot.
+            while len(batch) < self._batch_size and not self._jobs.empty():
+                batch.append(self._jobs.get_nowait())
+            self._active += len(batch)
             try:
-                await self._run(job)
+                await self._run(batch)
             finally:
-                self._active -= 1
+                self._active -= len(batch)
                 if not self.backlog:
                     self._idle.set()
 
-    async def _run(self, job: _Job) -> None:
-        job.attempts += 1
-        results = await asyncio.to_thread(self._deliver, job)
+    async def _run(self, batch: list[_Job]) -> None:
+        for job in batch:
+            job.attempts += 1
+        outcomes = await asyncio.to_thread(self._deliver, batch)
+        finished: dict[int, tuple[Spool, list[SpooledMessage]]] = {}
+        for job, results in zip(batch, outcomes, strict=True):
+            if self._record(job, results):
+                finished.setdefault(id(job.spool), (job.spool, []))[1].append(job.message)
+        for spool, messages in finished.values():
+            await spool.mark_done_many(messages)
+
+    def _record(self, job: _Job, results: list[tuple[int, DeliveryResult]]) -> bool:
+        """Log each result and schedule retries; True when the message needs no more work."""
         message = job.message
         envelope = message.envelope
         deferred: list[int] = []
+        delay = f"{max(0.0, time.time() - envelope.received_at):.3f}"
         for index, result in results:
             fields = {
                 "queue_id": message.queue_id,
                 "to": f"<{result.recipient}>",
                 "status": result.status,
                 "detail": result.detail,
-                "delay": f"{max(0.0, time.time() - envelope.received_at):.3f}",
+                "delay": delay,
             }
             if result.outcome is Outcome.DELIVERED:
                 event("delivered", **fields)
@@ -162,7 +182,7 @@ class Scheduler:
                 event("failed", **fields)
         job.pending = deferred
         if deferred:
-            delay = min(self._retry_max, self._retry_base * 2 ** (job.attempts - 1))
+            retry_in = min(self._retry_max, self._retry_base * 2 ** (job.attempts - 1))
             loop = asyncio.get_running_loop()
             handle: asyncio.TimerHandle
 
@@ -170,16 +190,39 @@ class Scheduler:
                 self._retries.discard(handle)
                 self._enqueue(job)
 
-            handle = loop.call_later(delay, retry)
+            handle = loop.call_later(retry_in, retry)
             self._retries.add(handle)
-        elif not job.held:
-            await job.spool.mark_done(message)
+            return False
+        return not job.held
 
-    def _deliver(self, job: _Job) -> list[tuple[int, DeliveryResult]]:
-        """Runs in a worker thread: one agent call per recipient still pending."""
+    def _deliver(self, batch: list[_Job]) -> list[list[tuple[int, DeliveryResult]]]:
+        """Runs in a worker thread: one agent call per recipient still pending, then one
+        sync of each Maildir written to; a failed sync turns its deliveries into deferrals."""
+        outcomes = []
+        written: dict[Path, list[tuple[int, int]]] = {}  # maildir -> (job, result) positions
+        for position, job in enumerate(batch):
+            results = self._deliver_job(job, written, position)
+            outcomes.append(results)
+        failures = self._agent.sync_new_dirs(written)
+        for maildir, failure in failures.items():
+            if failure is None:
+                continue
+            for position, slot in written[maildir]:
+                index, result = outcomes[position][slot]
+                outcomes[position][slot] = (
+                    index,
+                    DeliveryResult(
+                        result.recipient, failure.outcome, failure.status, failure.detail
+                    ),
+                )
+        return outcomes
+
+    def _deliver_job(
+        self, job: _Job, written: dict[Path, list[tuple[int, int]]], position: int
+    ) -> list[tuple[int, DeliveryResult]]:
         message = job.message
         envelope = message.envelope
-        results = []
+        results: list[tuple[int, DeliveryResult]] = []
         for index in job.pending:
             recipient = envelope.recipients[index]
             maildir = self._find_maildir(recipient)
@@ -204,6 +247,9 @@ class Scheduler:
                     unique=f"{message.queue_id}_{index}",
                     # After a restart the copy may exist already, even read and moved to cur/.
                     check_existing=job.recovered or job.attempts > 1,
+                    sync_dir=False,
                 )
+            if result.outcome is Outcome.DELIVERED:
+                written.setdefault(maildir, []).append((position, len(results)))
             results.append((index, result))
         return results

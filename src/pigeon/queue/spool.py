@@ -125,7 +125,7 @@ from pigeon.queue.fileops import FileOps
 from pigeon.queue.ids import new_queue_id
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
     from types import TracebackType
     from typing import Self
 
@@ -672,23 +672,31 @@ class Spool:
         delivered again, and delivery downstream is idempotent. A segment that is no longer
         active and whose every record is done is deleted with its done list.
         """
+        await self.mark_done_many((message,))
+
+    async def mark_done_many(self, messages: Iterable[SpooledMessage]) -> None:
+        """``mark_done`` for several messages in one trip to the housekeeping thread."""
         self._check_open()
-        seg = self._segments.get(message.segment)
-        if seg is None or message.queue_id not in seg.live:
+        by_segment: dict[str, tuple[_Segment, list[str]]] = {}
+        for message in messages:
+            seg = self._segments.get(message.segment)
+            if seg is None or message.queue_id not in seg.live:
+                continue
+            seg.live.discard(message.queue_id)
+            by_segment.setdefault(seg.name, (seg, []))[1].append(message.queue_id)
+        if not by_segment:
             return
-        seg.live.discard(message.queue_id)
-        retire = self._claim_for_retirement(seg)
+        work = [(seg, ids, self._claim_for_retirement(seg)) for seg, ids in by_segment.values()]
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(
-            self._house_pool, self._append_done, seg, message.queue_id, retire
-        )
+        future = loop.run_in_executor(self._house_pool, self._append_done_many, work)
         self._housekeeping.add(future)  # so that close() waits for it
         future.add_done_callback(self._housekeeping.discard)
         try:
             # Shielded: once live is updated, the append must happen even if we are cancelled.
             await asyncio.shield(future)
         except OSError as exc:
-            raise SpoolError(f"could not record {message.queue_id} as done: {exc}") from exc
+            ids = ", ".join(i for _, batch, _ in work for i in batch)
+            raise SpoolError(f"could not record {ids} as done: {exc}") from exc
 
     def pending_count(self) -> int:
         """Messages committed or recovered and not yet marked done."""
@@ -931,15 +939,17 @@ class Spool:
 
     # -- housekeeping thread -------------------------------------------------------------
 
-    def _append_done(self, seg: _Segment, queue_id: str, retire: bool) -> None:
-        # Appended even when the segment is about to go: if the deletion fails or the
-        # process dies first, recovery still knows this message is done.
-        if seg.done_fd is None:
-            path = self._segment_dir / seg.done_name
-            seg.done_fd = self._ops.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        _write_all(self._ops, seg.done_fd, queue_id.encode("ascii") + b"\n")
-        if retire:
-            self._retire(seg)
+    def _append_done_many(self, work: list[tuple[_Segment, list[str], bool]]) -> None:
+        for seg, queue_ids, retire in work:
+            # Appended even when the segment is about to go: if the deletion fails or the
+            # process dies first, recovery still knows these messages are done.
+            if seg.done_fd is None:
+                path = self._segment_dir / seg.done_name
+                seg.done_fd = self._ops.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            lines = "".join(f"{queue_id}\n" for queue_id in queue_ids)
+            _write_all(self._ops, seg.done_fd, lines.encode("ascii"))
+            if retire:
+                self._retire(seg)
 
     def _retire(self, seg: _Segment) -> None:
         """Delete a segment whose every record is done, then its done list.

@@ -1,0 +1,90 @@
+"""The scheduler: batches of deliveries share one sync of new/, and a failed sync defers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from pigeon.delivery import DeliveryResult, MaildirAgent, Outcome
+from pigeon.queue import Envelope, Scheduler, Spool
+from pigeon.queue.spool import BodyReader
+
+
+class CountingAgent(MaildirAgent):
+    """The real Maildir agent, counting syncs of new/ and failing them on request."""
+
+    def __init__(self, *, fail_sync: bool = False) -> None:
+        super().__init__(hostname="mx.example.test")
+        self.syncs = 0
+        self.deliveries = 0
+        self.fail_sync = fail_sync
+
+    def deliver(self, maildir: Path, body: BodyReader, **kwargs: object) -> DeliveryResult:  # type: ignore[override]
+        self.deliveries += 1
+        return super().deliver(maildir, body, **kwargs)  # type: ignore[arg-type]
+
+    def sync_new_dirs(self, maildirs: Iterable[Path]) -> dict[Path, DeliveryResult | None]:
+        self.syncs += 1
+        if self.fail_sync:
+            failure = DeliveryResult("", Outcome.DEFERRED, "4.3.0", "sync new/ failed (test)")
+            return dict.fromkeys(maildirs, failure)
+        return super().sync_new_dirs(maildirs)
+
+
+async def deliver_all(tmp_path: Path, agent: CountingAgent, count: int) -> Spool:
+    spool = Spool(tmp_path / "spool")
+    await spool.open()
+    maildir = tmp_path / "mail" / "alice"
+    scheduler = Scheduler(
+        spool, local_agent=agent, find_maildir=lambda r: maildir, concurrency=1, retry_base=3600
+    )
+    for n in range(count):
+        writer = spool.new_message()
+        writer.write(f"Subject: {n}\r\n\r\nx\r\n".encode())
+        envelope = Envelope("a@remote.test", ("alice@example.test",), received_at=time.time())
+        scheduler.submit(await spool.commit(writer, envelope))
+    scheduler.start()  # everything is queued before the first batch is taken
+    await asyncio.wait_for(scheduler.wait_idle(), 30)
+    await scheduler.stop()
+    return spool
+
+
+def test_a_batch_shares_one_sync(tmp_path: Path) -> None:
+    agent = CountingAgent()
+
+    async def run() -> int:
+        spool = await deliver_all(tmp_path, agent, 40)
+        await spool.close()
+        again = Spool(tmp_path / "spool")
+        await again.open()
+        left = len(await again.recover())
+        await again.close()
+        return left
+
+    assert asyncio.run(run()) == 0  # all marked done
+    assert agent.deliveries == 40
+    assert agent.syncs == 1
+    assert len(list((tmp_path / "mail" / "alice" / "new").iterdir())) == 40
+
+
+def test_a_failed_sync_defers_and_keeps_the_messages(tmp_path: Path) -> None:
+    agent = CountingAgent(fail_sync=True)
+
+    async def run() -> None:
+        spool = await deliver_all(tmp_path, agent, 3)
+        await spool.close()
+
+    asyncio.run(run())
+    assert agent.deliveries == 3
+
+    async def recover() -> int:
+        again = Spool(tmp_path / "spool")
+        await again.open()
+        left = len(await again.recover())
+        await again.close()
+        return left
+
+    # Not marked done: the next start delivers them again (idempotently).
+    assert asyncio.run(recover()) == 3
