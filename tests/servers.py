@@ -188,10 +188,13 @@ class PigeonProcess:
         return self.process.wait(timeout)
 
     def kill(self) -> None:
-        """SIGKILL if still running, then close the pipes (read ``stderr()`` before)."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
+
+    def close(self) -> None:
+        """Kill if still running, and close the pipes (read ``stderr()`` before)."""
+        self.kill()
         for stream in (self.process.stdout, self.process.stderr):
             if stream is not None and not stream.closed:
                 stream.close()

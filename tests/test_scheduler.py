@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from pigeon.delivery import DeliveryResult, MaildirAgent, Outcome
+from pigeon.delivery import DeliveryResult, MaildirAgent, MaildirItem, Outcome
 from pigeon.queue import Envelope, Scheduler, Spool
-from pigeon.queue.spool import BodyReader
 
 
 class CountingAgent(MaildirAgent):
@@ -21,9 +20,9 @@ class CountingAgent(MaildirAgent):
         self.deliveries = 0
         self.fail_sync = fail_sync
 
-    def deliver(self, maildir: Path, body: BodyReader, **kwargs: object) -> DeliveryResult:  # type: ignore[override]
-        self.deliveries += 1
-        return super().deliver(maildir, body, **kwargs)  # type: ignore[arg-type]
+    def deliver_many(self, items: Sequence[MaildirItem]) -> list[DeliveryResult]:
+        self.deliveries += len(items)
+        return super().deliver_many(items)
 
     def sync_new_dirs(self, maildirs: Iterable[Path]) -> dict[Path, DeliveryResult | None]:
         self.syncs += 1

@@ -59,7 +59,7 @@ def test_workers_share_the_port_and_deliver(tmp_path: Path) -> None:
         assert len(segments) >= 2
         assert server.terminate() == 0
     finally:
-        server.kill()
+        server.close()
 
 
 def test_killed_supervisor_takes_its_workers_with_it(tmp_path: Path) -> None:
@@ -68,7 +68,7 @@ def test_killed_supervisor_takes_its_workers_with_it(tmp_path: Path) -> None:
     )
     workers = children(server.process.pid)
     assert len(workers) == 2
-    server.kill()
+    server.close()
     deadline = time.monotonic() + 10
 
     def gone(pid: int) -> bool:
@@ -103,7 +103,7 @@ def test_a_dead_worker_is_replaced(tmp_path: Path) -> None:
                 assert client.noop()[0] == 250
         assert server.terminate() == 0
     finally:
-        server.kill()
+        server.close()
 
 
 def test_mail_of_a_worker_that_no_longer_runs_is_adopted(tmp_path: Path) -> None:
@@ -127,7 +127,7 @@ def test_mail_of_a_worker_that_no_longer_runs_is_adopted(tmp_path: Path) -> None
         assert b"left by a fifth worker" in read_maildir(mailbox)[0]
         assert server.terminate() == 0
     finally:
-        server.kill()
+        server.close()
     # Delivered and marked done: nothing of w7 is left to recover.
     assert not [p for p in (data / "spool" / "segments").iterdir() if p.name.startswith("w7-")]
     assert queue_id

@@ -4,6 +4,6 @@ Agents deliver and report; they never retry or bounce by themselves (that is the
 """
 
 from .maildir import MaildirAgent
-from .result import DeliveryResult, Outcome
+from .result import DeliveryResult, MaildirItem, Outcome
 
-__all__ = ["DeliveryResult", "MaildirAgent", "Outcome"]
+__all__ = ["DeliveryResult", "MaildirAgent", "MaildirItem", "Outcome"]

@@ -28,19 +28,22 @@ besides its settings, so one instance may serve many threads at once.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import errno
 import logging
 import os
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final
 
-from pigeon.delivery.result import DeliveryResult, Outcome
+from pigeon.delivery.result import BodySource, DeliveryResult, MaildirItem, Outcome
 from pigeon.queue.envelope import Envelope
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "MaildirAgent"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "MaildirAgent", "MaildirItem"]
 
 _log = logging.getLogger(__name__)
 
@@ -70,10 +73,33 @@ _HOSTNAME_ESCAPES: Final = {ord("/"): r"\057", ord(":"): r"\072", ord(","): r"\0
 _NAME_SEPARATORS: Final = (":", ",")
 
 
-class BodySource(Protocol):
-    """Where a message body is read from: a file, or the spool's reader over a record."""
+@dataclass(frozen=True, slots=True)
+class _Staged:
+    fd: int
+    tmp_path: Path
+    new_path: Path
+    maildir: Path
+    recipient: str
 
-    def read(self, size: int = -1, /) -> bytes | None: ...
+
+def _start_writeback(fd: int) -> None:
+    """Ask Linux to start writing the file out now (sync_file_range WRITE), without waiting;
+    where that call does not exist, the fsync that follows does all the work."""
+    if _sync_file_range is None:
+        return
+    _sync_file_range(fd, ctypes.c_longlong(0), ctypes.c_longlong(0), _SYNC_FILE_RANGE_WRITE)
+
+
+def _load_sync_file_range() -> Callable[..., int] | None:
+    try:
+        function: Callable[..., int] = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    return function
+
+
+_SYNC_FILE_RANGE_WRITE: Final = 2  # from <fcntl.h>
+_sync_file_range = _load_sync_file_range()
 
 
 class _SpoolReadError(Exception):
@@ -159,18 +185,52 @@ class MaildirAgent:
     ) -> DeliveryResult:
         """Write ``body`` for ``recipient`` into ``maildir`` and say how it went.
 
-        With ``sync_dir=False`` the caller promises to call ``sync_new_dirs`` for this
-        Maildir before it takes the result as final: a batch of deliveries then shares one
-        fsync of each ``new/`` directory instead of paying one each.
-
         ``body`` is the message as SMTP carried it (CRLF line ends, dot-unstuffed), read from
         its current position to its end in chunks. Problems with the mailbox or the disk come
         back as a DEFERRED or FAILED result, never as an exception; a bad ``unique`` is the
         caller's bug and raises ValueError. Whatever happens, no file is left in ``tmp/`` and
         nothing incomplete appears in ``new/``.
-        """
-        base = self.file_name(envelope=envelope, unique=unique)
 
+        With ``sync_dir=False`` the caller promises to call ``sync_new_dirs`` for this
+        Maildir before it takes the result as final: a batch of deliveries then shares one
+        fsync of each ``new/`` directory instead of paying one each.
+        """
+        item = MaildirItem(maildir, body, recipient, envelope, unique, check_existing)
+        staged = self._stage(item)
+        if isinstance(staged, DeliveryResult):
+            return staged
+        result = self._complete(staged)
+        if sync_dir and result.outcome is Outcome.DELIVERED:
+            failure = self.sync_new_dirs([maildir])[maildir]
+            if failure is not None:
+                return _result(recipient, failure.outcome, failure.status, failure.detail)
+        return result
+
+    def deliver_many(self, items: Sequence[MaildirItem]) -> list[DeliveryResult]:
+        """``deliver`` for a batch, sharing the expensive part: every message is written
+        first, the kernel is asked to start writing them all out, and only then is each
+        synced, so that one journal commit can cover the lot (on ext4, measured: about a
+        third of the cost of fsyncing each file as it is written). As with
+        ``sync_dir=False``, the caller then calls ``sync_new_dirs``."""
+        results: list[DeliveryResult | None] = [None] * len(items)
+        staged: list[tuple[int, _Staged]] = []
+        for position, item in enumerate(items):
+            outcome = self._stage(item)
+            if isinstance(outcome, DeliveryResult):
+                results[position] = outcome
+            else:
+                staged.append((position, outcome))
+        if self._fsync:
+            for _, entry in staged:
+                _start_writeback(entry.fd)
+        for position, entry in staged:
+            results[position] = self._complete(entry)
+        return [r for r in results if r is not None]
+
+    def _stage(self, item: MaildirItem) -> DeliveryResult | _Staged:
+        """Steps 1 and the checks: the message written into tmp/ (not yet synced)."""
+        recipient, envelope, maildir = item.recipient, item.envelope, item.maildir
+        base = self.file_name(envelope=envelope, unique=item.unique)
         # The addresses go into header lines; a CR or LF would let one of them inject headers
         # into the user's mailbox. The SMTP parser should never let one through, so this is
         # a last line of defence, and a permanent failure because a retry cannot cure it.
@@ -180,16 +240,15 @@ class MaildirAgent:
             return _result(recipient, Outcome.FAILED, "5.1.7", "sender address not usable")
         # Encoded as UTF-8: an SMTPUTF8 address is kept as the client sent it.
         header = f"Return-Path: <{envelope.sender}>\nDelivered-To: {recipient}\n".encode()
-
-        tmp_dir, new_dir = maildir / "tmp", maildir / "new"
+        tmp_dir = maildir / "tmp"
         # The tmp name starts with the final name followed by "," (which neither unique nor
         # the escaped host name can contain) so that recovery can find leftovers of this very
         # delivery, and ends with something random so that it never collides with them.
         tmp_path = tmp_dir / f"{base},P{os.getpid()}R{secrets.token_hex(8)}"
-        tmp_created = already = False
+        fd = -1
         step = ""
         try:
-            if check_existing:
+            if item.check_existing:
                 # Leftovers first: an attempt killed between link() and unlinking its tmp
                 # name left both, and the copy in new/ ends this delivery just below.
                 step = "remove leftovers in tmp/"
@@ -197,24 +256,13 @@ class MaildirAgent:
                 step = "look for an earlier delivery"
                 if self._already_delivered(maildir, base):
                     return _result(recipient, Outcome.DELIVERED, "2.0.0", "already delivered")
-
             step = "create a file in tmp/"
             fd = self._create_tmp(maildir, tmp_path)
-            tmp_created = True
-
             step = "write to tmp/"
-            self._write(fd, header, body)
-
-            step = "link into new/"
-            already = self._link(maildir, tmp_path, new_dir / base)
-
-            # Also when the link already existed: the attempt that made it may have died
-            # between link() and this fsync, and "delivered" must mean "on disk".
-            step = "sync new/"
-            if sync_dir:
-                self._fsync_dir(new_dir)
+            self._write(fd, header, item.body)
         except _SpoolReadError as exc:
             _log.warning("maildir %s: cannot read message for %s: %s", maildir, recipient, exc)
+            self._abandon(fd, tmp_path)
             return _result(
                 recipient,
                 Outcome.DEFERRED,
@@ -223,14 +271,41 @@ class MaildirAgent:
             )
         except OSError as exc:
             _log.warning("maildir %s: %s for %s failed: %s", maildir, step, recipient, exc)
+            self._abandon(fd, tmp_path)
+            return _failure(recipient, step, exc)
+        except BaseException:
+            self._abandon(fd, tmp_path)  # a bug upstream: raise it, but leave no litter
+            raise
+        return _Staged(fd, tmp_path, maildir / "new" / base, maildir, recipient)
+
+    def _complete(self, staged: _Staged) -> DeliveryResult:
+        """Steps 2, 3 and 5: sync the file, link it into new/, remove the tmp name."""
+        recipient, maildir = staged.recipient, staged.maildir
+        step = "sync the file"
+        try:
+            if self._fsync:
+                os.fsync(staged.fd)
+            step = "link into new/"
+            already = self._link(maildir, staged.tmp_path, staged.new_path)
+        except OSError as exc:
+            _log.warning("maildir %s: %s for %s failed: %s", maildir, step, recipient, exc)
             return _failure(recipient, step, exc)
         finally:
-            if tmp_created:
-                _unlink_quietly(tmp_path)
-
+            self._abandon(staged.fd, staged.tmp_path)
+        # When the link already existed, new/ is synced all the same (sync_new_dirs): the
+        # attempt that made it may have died before its sync, and "delivered" must mean
+        # "on disk".
         if already:
             return _result(recipient, Outcome.DELIVERED, "2.0.0", "already delivered")
         return _result(recipient, Outcome.DELIVERED, "2.0.0", "delivered to maildir")
+
+    @staticmethod
+    def _abandon(fd: int, tmp_path: Path) -> None:
+        """Close the tmp file and remove its name (the message lives on in new/, if linked)."""
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            _unlink_quietly(tmp_path)
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -246,13 +321,8 @@ class MaildirAgent:
             return os.open(tmp_path, flags, _FILE_MODE)
 
     def _write(self, fd: int, header: bytes, body: BodySource) -> None:
-        try:
-            out = open(fd, "wb")  # noqa: SIM115 (closed by the with below)
-        except BaseException:
-            os.close(fd)
-            raise
-        # The file object owns fd from here on and closes it, also on error.
-        with out:
+        """Write the message into ``fd``, which stays open (and unsynced) for the caller."""
+        with open(fd, "wb", closefd=False) as out:
             out.write(header)
             converter = _CrlfToLf()
             while True:
@@ -264,9 +334,6 @@ class MaildirAgent:
                     break
                 out.write(converter.feed(chunk))
             out.write(converter.flush())
-            out.flush()
-            if self._fsync:
-                os.fsync(out.fileno())
 
     def _link(self, maildir: Path, tmp_path: Path, new_path: Path) -> bool:
         """Give the message its name in new/; True if that name was already taken."""

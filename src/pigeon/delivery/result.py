@@ -1,14 +1,38 @@
-"""What a delivery agent reports for one recipient.
+"""What a delivery agent is given and what it reports, for one recipient.
 
 Agents never retry or bounce by themselves: they say what happened, and the queue decides.
+This module imports nothing of the queue at run time, so the queue may use it freely.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
-__all__ = ["DeliveryResult", "Outcome"]
+if TYPE_CHECKING:
+    from pigeon.queue.envelope import Envelope
+
+__all__ = ["BodySource", "DeliveryResult", "MaildirItem", "Outcome"]
+
+
+class BodySource(Protocol):
+    """Where a message body is read from: a file, or the spool's reader over a record."""
+
+    def read(self, size: int = -1, /) -> bytes | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class MaildirItem:
+    """One message for one recipient, as ``MaildirAgent.deliver_many`` takes them."""
+
+    maildir: Path
+    body: BodySource
+    recipient: str
+    envelope: Envelope
+    unique: str
+    check_existing: bool = False
 
 
 class Outcome(enum.Enum):

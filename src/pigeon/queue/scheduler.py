@@ -15,15 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from pigeon.delivery.result import DeliveryResult, Outcome
+from pigeon.delivery.result import DeliveryResult, MaildirItem, Outcome
 from pigeon.log import event
 
-from .envelope import Envelope
 from .spool import BodyReader, Spool, SpooledMessage
 
 __all__ = ["Scheduler"]
@@ -37,17 +36,7 @@ class LocalAgent(Protocol):
     The queue names the interface instead of importing the agent: agents are given to it, so
     ``pigeon.delivery`` may use the queue's data types without an import cycle."""
 
-    def deliver(
-        self,
-        maildir: Path,
-        body: BodyReader,
-        *,
-        recipient: str,
-        envelope: Envelope,
-        unique: str,
-        check_existing: bool = False,
-        sync_dir: bool = True,
-    ) -> DeliveryResult: ...
+    def deliver_many(self, items: Sequence[MaildirItem]) -> list[DeliveryResult]: ...
 
     def sync_new_dirs(self, maildirs: Iterable[Path]) -> dict[Path, DeliveryResult | None]: ...
 
@@ -196,60 +185,72 @@ class Scheduler:
         return not job.held
 
     def _deliver(self, batch: list[_Job]) -> list[list[tuple[int, DeliveryResult]]]:
-        """Runs in a worker thread: one agent call per recipient still pending, then one
-        sync of each Maildir written to; a failed sync turns its deliveries into deferrals."""
-        outcomes = []
-        written: dict[Path, list[tuple[int, int]]] = {}  # maildir -> (job, result) positions
-        for position, job in enumerate(batch):
-            results = self._deliver_job(job, written, position)
-            outcomes.append(results)
-        failures = self._agent.sync_new_dirs(written)
-        for maildir, failure in failures.items():
-            if failure is None:
-                continue
-            for position, slot in written[maildir]:
-                index, result = outcomes[position][slot]
-                outcomes[position][slot] = (
-                    index,
-                    DeliveryResult(
-                        result.recipient, failure.outcome, failure.status, failure.detail
-                    ),
+        """Runs in a worker thread: every pending recipient of the batch in one call to the
+        agent, then one sync of each Maildir written to; a failed sync turns its deliveries
+        into deferrals."""
+        items: list[MaildirItem] = []
+        slots: list[tuple[int, int, Path]] = []  # (position in batch, recipient index, maildir)
+        readers: list[BodyReader] = []
+        try:
+            for position, job in enumerate(batch):
+                for index in self._local_recipients(job):
+                    recipient = job.message.envelope.recipients[index]
+                    maildir = self._find_maildir(recipient)
+                    assert maildir is not None
+                    body = job.spool.open_body(job.message)
+                    readers.append(body)
+                    items.append(
+                        MaildirItem(
+                            maildir,
+                            body,
+                            recipient,
+                            job.message.envelope,
+                            f"{job.message.queue_id}_{index}",
+                            # After a restart the copy may exist already, even read and moved
+                            # to cur/.
+                            check_existing=job.recovered or job.attempts > 1,
+                        )
+                    )
+                    slots.append((position, index, maildir))
+            results = self._agent.deliver_many(items) if items else []
+        finally:
+            for reader in readers:
+                reader.close()
+        written = {
+            maildir
+            for (_, _, maildir), r in zip(slots, results, strict=True)
+            if r.outcome is Outcome.DELIVERED
+        }
+        failures = self._agent.sync_new_dirs(sorted(written))
+        outcomes: list[list[tuple[int, DeliveryResult]]] = [[] for _ in batch]
+        for (position, index, maildir), result in zip(slots, results, strict=True):
+            failure = failures.get(maildir)
+            if failure is not None and result.outcome is Outcome.DELIVERED:
+                # Written, but its name in new/ may not survive a power cut: try again.
+                outcome = DeliveryResult(
+                    result.recipient, failure.outcome, failure.status, failure.detail
                 )
+                outcomes[position].append((index, outcome))
+            else:
+                outcomes[position].append((index, result))
         return outcomes
 
-    def _deliver_job(
-        self, job: _Job, written: dict[Path, list[tuple[int, int]]], position: int
-    ) -> list[tuple[int, DeliveryResult]]:
+    def _local_recipients(self, job: _Job) -> list[int]:
+        """The pending recipients that have a Maildir here; the others are held."""
         message = job.message
-        envelope = message.envelope
-        results: list[tuple[int, DeliveryResult]] = []
+        local = []
         for index in job.pending:
-            recipient = envelope.recipients[index]
-            maildir = self._find_maildir(recipient)
-            if maildir is None:
+            recipient = message.envelope.recipients[index]
+            if self._find_maildir(recipient) is not None:
+                local.append(index)
+            elif index not in job.held:
                 # A remote recipient, accepted from a trusted client. Relaying to other
                 # servers arrives with the queue issue; the message waits in the spool.
-                if index not in job.held:
-                    job.held.append(index)
-                    event(
-                        "held",
-                        queue_id=message.queue_id,
-                        to=f"<{recipient}>",
-                        detail="no transport for remote domains yet; kept in the spool",
-                    )
-                continue
-            with job.spool.open_body(message) as body:
-                result = self._agent.deliver(
-                    maildir,
-                    body,
-                    recipient=recipient,
-                    envelope=envelope,
-                    unique=f"{message.queue_id}_{index}",
-                    # After a restart the copy may exist already, even read and moved to cur/.
-                    check_existing=job.recovered or job.attempts > 1,
-                    sync_dir=False,
+                job.held.append(index)
+                event(
+                    "held",
+                    queue_id=message.queue_id,
+                    to=f"<{recipient}>",
+                    detail="no transport for remote domains yet; kept in the spool",
                 )
-            if result.outcome is Outcome.DELIVERED:
-                written.setdefault(maildir, []).append((position, len(results)))
-            results.append((index, result))
-        return results
+        return local
