@@ -20,14 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from pigeon.bounce import Action, RecipientStatus, build_dsn
 from pigeon.delivery.result import DeliveryResult, MaildirItem, Outcome
 from pigeon.log import event
 
+from .envelope import Envelope
 from .spool import BodyReader, Spool, SpooledMessage
 
 __all__ = ["Scheduler"]
 
 MaildirFinder = Callable[[str], Path | None]
+
+# A bounce carries the whole original up to this size, and only its header beyond.
+_RETURN_WHOLE_LIMIT = 1 << 20
 
 
 class LocalAgent(Protocol):
@@ -49,6 +54,7 @@ class _Job:
     recovered: bool
     attempts: int = 0
     held: list[int] = field(default_factory=list)
+    failed: list[DeliveryResult] = field(default_factory=list)  # not yet bounced
 
 
 class Scheduler:
@@ -62,6 +68,8 @@ class Scheduler:
         retry_base: float = 60.0,
         retry_max: float = 3600.0,
         batch_size: int = 64,
+        reporting_mta: str = "localhost",
+        postmaster: str | None = None,
     ) -> None:
         self._spool = spool
         self._agent = local_agent
@@ -70,6 +78,8 @@ class Scheduler:
         self._retry_base = retry_base
         self._retry_max = retry_max
         self._batch_size = batch_size
+        self._reporting_mta = reporting_mta
+        self._postmaster = postmaster
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
         self._workers: list[asyncio.Task[None]] = []
         self._retries: set[asyncio.TimerHandle] = set()
@@ -141,7 +151,12 @@ class Scheduler:
         outcomes = await asyncio.to_thread(self._deliver, batch)
         finished: dict[int, tuple[Spool, list[SpooledMessage]]] = {}
         for job, results in zip(batch, outcomes, strict=True):
-            if self._record(job, results):
+            done = self._record(job, results)
+            if job.failed:
+                # The bounce is stored before the message is marked done: a crash between
+                # the two gives a second bounce at worst, never none.
+                await self._bounce(job)
+            if done:
                 finished.setdefault(id(job.spool), (job.spool, []))[1].append(job.message)
         for spool, messages in finished.values():
             await spool.mark_done_many(messages)
@@ -166,8 +181,7 @@ class Scheduler:
                 deferred.append(index)
                 event("deferred", attempt=job.attempts, **fields)
             else:
-                # Bounces arrive with the queue issue; until then a permanent failure is
-                # logged for the administrator and the recipient is given up.
+                job.failed.append(result)
                 event("failed", **fields)
         job.pending = deferred
         if deferred:
@@ -183,6 +197,43 @@ class Scheduler:
             self._retries.add(handle)
             return False
         return not job.held
+
+    async def _bounce(self, job: _Job) -> None:
+        """Tell the sender, in one RFC 3464 report, about every recipient that failed."""
+        failed, job.failed = job.failed, []
+        message = job.message
+        envelope = message.envelope
+        to = envelope.sender
+        if not to:
+            # A bounce never bounces (RFC 5321 section 6.1): the failure of a message with
+            # the null sender goes to the postmaster, and a failure of that is only logged.
+            if self._postmaster is None or self._postmaster in envelope.recipients:
+                event("bounce_dropped", queue_id=message.queue_id, reason="double bounce")
+                return
+            to = self._postmaster
+        original = await asyncio.to_thread(self._read_original, job)
+        report = build_dsn(
+            reporting_mta=self._reporting_mta,
+            sender=to,
+            original=original,
+            arrival=envelope.received_at,
+            recipients=[
+                RecipientStatus(r.recipient, Action.FAILED, r.status, r.detail) for r in failed
+            ],
+            queue_id=message.queue_id,
+            headers_only=message.size > _RETURN_WHOLE_LIMIT,
+        )
+        writer = self._spool.new_message()
+        writer.write(report)
+        bounce_envelope = Envelope(sender="", recipients=(to,), received_at=time.time())
+        stored = await self._spool.commit(writer, bounce_envelope)
+        event("bounce", queue_id=message.queue_id, bounce_id=stored.queue_id, to=f"<{to}>")
+        self.submit(stored)
+
+    @staticmethod
+    def _read_original(job: _Job) -> bytes:
+        with job.spool.open_body(job.message) as body:
+            return body.read(_RETURN_WHOLE_LIMIT + 1) or b""
 
     def _deliver(self, batch: list[_Job]) -> list[list[tuple[int, DeliveryResult]]]:
         """Runs in a worker thread: every pending recipient of the batch in one call to the
