@@ -178,3 +178,64 @@ def test_a_double_bounce_to_a_failing_postmaster_is_dropped(tmp_path: Path) -> N
 
     asyncio.run(run())  # terminates: no bounce loop
     assert not (tmp_path / "mail").exists() or not any((tmp_path / "mail").iterdir())
+
+
+class DeferringAgent(MaildirAgent):
+    """Every recipient named slow-* fails temporarily."""
+
+    def deliver_many(self, items: Sequence[MaildirItem]) -> list[DeliveryResult]:
+        good = [i for i in items if not i.recipient.startswith("slow")]
+        delivered = iter(super().deliver_many(good))
+        return [
+            DeliveryResult(i.recipient, Outcome.DEFERRED, "4.2.0", "mailbox busy (test)")
+            if i.recipient.startswith("slow")
+            else next(delivered)
+            for i in items
+        ]
+
+
+async def run_aged(root: Path, age: float) -> None:
+    """One delivery attempt of a message that arrived ``age`` seconds ago (by the clock)."""
+    spool = Spool(root / "spool")
+    await spool.open()
+    arrival = time.time()
+    scheduler = Scheduler(
+        spool,
+        local_agent=DeferringAgent(hostname="mx.example.test"),
+        find_maildir=lambda r: root / "mail" / r.partition("@")[0],
+        reporting_mta="mx.example.test",
+        clock=lambda: arrival + age,
+        retry_base=3600,  # no retry within the test
+    )
+    scheduler.start()
+    writer = spool.new_message()
+    writer.write(ORIGINAL)
+    envelope = Envelope("carol@example.test", ("slow@example.test",), received_at=arrival)
+    scheduler.submit(await spool.commit(writer, envelope))
+    await asyncio.wait_for(scheduler.wait_idle(), 30)
+    await scheduler.stop()
+    await spool.close()
+
+
+def test_a_deferred_recipient_expires_after_the_queue_lifetime(tmp_path: Path) -> None:
+    asyncio.run(run_aged(tmp_path, age=5 * 86400 + 1))
+    (bounce,) = read_maildir(tmp_path / "mail" / "carol")
+    _, block = status_blocks(parse(bounce))
+    assert block["Action"] == "failed"
+    assert block["Status"] == "5.4.7"
+    assert "mailbox busy (test)" in block["Diagnostic-Code"]
+
+
+def test_one_delay_warning_after_four_hours(tmp_path: Path) -> None:
+    asyncio.run(run_aged(tmp_path, age=4 * 3600 + 1))
+    (warning,) = read_maildir(tmp_path / "mail" / "carol")
+    report = parse(warning)
+    assert report["Subject"].startswith("Delayed Mail")
+    _, block = status_blocks(report)
+    assert block["Action"] == "delayed"
+    assert block["Will-Retry-Until"]
+
+
+def test_no_warning_before_four_hours(tmp_path: Path) -> None:
+    asyncio.run(run_aged(tmp_path, age=3 * 3600))
+    assert read_maildir(tmp_path / "mail" / "carol") == []

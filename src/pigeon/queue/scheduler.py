@@ -1,5 +1,10 @@
 """The scheduler: takes stored messages to their delivery agents, and tries again later.
 
+Retries follow Postfix's defaults: the first after 5 minutes, then doubling up to an hour
+between tries; a recipient still failing temporarily after the queue lifetime (5 days) fails
+for good and is bounced, and the sender gets one delay warning after 4 hours. The clock is a
+parameter, so tests can make days pass at once.
+
 This is the first part of the queue manager: it delivers every recipient of every stored
 message, bounds how many deliveries run at once, and retries temporary failures with a
 growing delay. Blocking agents (Maildir writes and fsyncs) run in worker threads, so the
@@ -55,6 +60,8 @@ class _Job:
     attempts: int = 0
     held: list[int] = field(default_factory=list)
     failed: list[DeliveryResult] = field(default_factory=list)  # not yet bounced
+    delayed: list[DeliveryResult] = field(default_factory=list)  # to warn the sender about
+    warned: bool = False  # a delay warning goes out once per message
 
 
 class Scheduler:
@@ -65,8 +72,11 @@ class Scheduler:
         local_agent: LocalAgent,
         find_maildir: MaildirFinder,
         concurrency: int = 4,
-        retry_base: float = 60.0,
+        retry_base: float = 300.0,
         retry_max: float = 3600.0,
+        max_lifetime: float = 5 * 86400.0,
+        delay_warning: float = 4 * 3600.0,
+        clock: Callable[[], float] = time.time,
         batch_size: int = 64,
         reporting_mta: str = "localhost",
         postmaster: str | None = None,
@@ -78,6 +88,9 @@ class Scheduler:
         self._retry_base = retry_base
         self._retry_max = retry_max
         self._batch_size = batch_size
+        self._max_lifetime = max_lifetime
+        self._delay_warning = delay_warning
+        self._clock = clock
         self._reporting_mta = reporting_mta
         self._postmaster = postmaster
         self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
@@ -156,6 +169,8 @@ class Scheduler:
                 # The bounce is stored before the message is marked done: a crash between
                 # the two gives a second bounce at worst, never none.
                 await self._bounce(job)
+            if job.delayed:
+                await self._bounce(job, warning=True)
             if done:
                 finished.setdefault(id(job.spool), (job.spool, []))[1].append(job.message)
         for spool, messages in finished.values():
@@ -185,6 +200,26 @@ class Scheduler:
                 event("failed", **fields)
         job.pending = deferred
         if deferred:
+            age = self._clock() - envelope.received_at
+            if age >= self._max_lifetime:
+                # Given up after the queue lifetime (Postfix's maximal_queue_lifetime): the
+                # last temporary failure becomes permanent, and the sender is told why.
+                for index, result in results:
+                    if index in deferred:
+                        expired = DeliveryResult(
+                            result.recipient,
+                            Outcome.FAILED,
+                            "5.4.7",
+                            f"delivery time expired after {age / 86400:.1f} days;"
+                            f" last error: {result.detail}",
+                        )
+                        job.failed.append(expired)
+                        event("expired", queue_id=message.queue_id, to=f"<{result.recipient}>")
+                job.pending = []
+                return not job.held
+            if age >= self._delay_warning and not job.warned:
+                job.warned = True
+                job.delayed = [r for i, r in results if i in deferred]
             retry_in = min(self._retry_max, self._retry_base * 2 ** (job.attempts - 1))
             loop = asyncio.get_running_loop()
             handle: asyncio.TimerHandle
@@ -198,12 +233,20 @@ class Scheduler:
             return False
         return not job.held
 
-    async def _bounce(self, job: _Job) -> None:
-        """Tell the sender, in one RFC 3464 report, about every recipient that failed."""
-        failed, job.failed = job.failed, []
+    async def _bounce(self, job: _Job, *, warning: bool = False) -> None:
+        """Tell the sender, in one RFC 3464 report, about every recipient that failed (or,
+        with ``warning``, that is still being retried after ``delay_warning``)."""
+        if warning:
+            reported, job.delayed = job.delayed, []
+            action = Action.DELAYED
+        else:
+            reported, job.failed = job.failed, []
+            action = Action.FAILED
         message = job.message
         envelope = message.envelope
         to = envelope.sender
+        if not to and warning:
+            return  # nobody to warn about a bounce that is late
         if not to:
             # A bounce never bounces (RFC 5321 section 6.1): the failure of a message with
             # the null sender goes to the postmaster, and a failure of that is only logged.
@@ -218,7 +261,16 @@ class Scheduler:
             original=original,
             arrival=envelope.received_at,
             recipients=[
-                RecipientStatus(r.recipient, Action.FAILED, r.status, r.detail) for r in failed
+                RecipientStatus(
+                    r.recipient,
+                    action,
+                    r.status,
+                    r.detail,
+                    will_retry_until=(
+                        envelope.received_at + self._max_lifetime if warning else None
+                    ),
+                )
+                for r in reported
             ],
             queue_id=message.queue_id,
             headers_only=message.size > _RETURN_WHOLE_LIMIT,
