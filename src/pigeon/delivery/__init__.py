@@ -1,5 +1,7 @@
 """Delivery agents: one per route, each reporting a result per recipient.
 
+``MaildirAgent`` for local users; ``pigeon.delivery.smtp.SmtpAgent`` for other domains.
+
 Agents deliver and report; they never retry or bounce by themselves (that is the queue's job).
 """
 

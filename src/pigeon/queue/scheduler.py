@@ -64,6 +64,14 @@ class _Job:
     warned: bool = False  # a delay warning goes out once per message
 
 
+class RemoteAgent(Protocol):
+    """What the scheduler needs of the outbound agent (``pigeon.delivery.smtp.SmtpAgent``)."""
+
+    async def deliver(
+        self, domain: str, recipients: Sequence[str], *, envelope: Envelope, body: bytes
+    ) -> list[DeliveryResult]: ...
+
+
 class Scheduler:
     def __init__(
         self,
@@ -71,6 +79,7 @@ class Scheduler:
         *,
         local_agent: LocalAgent,
         find_maildir: MaildirFinder,
+        remote_agent: RemoteAgent | None = None,
         concurrency: int = 4,
         retry_base: float = 300.0,
         retry_max: float = 3600.0,
@@ -84,6 +93,7 @@ class Scheduler:
         self._spool = spool
         self._agent = local_agent
         self._find_maildir = find_maildir
+        self._remote = remote_agent
         self._concurrency = concurrency
         self._retry_base = retry_base
         self._retry_max = retry_max
@@ -162,6 +172,9 @@ class Scheduler:
         for job in batch:
             job.attempts += 1
         outcomes = await asyncio.to_thread(self._deliver, batch)
+        if self._remote is not None:
+            for job, results in zip(batch, outcomes, strict=True):
+                results.extend(await self._deliver_remote(job, self._remote))
         finished: dict[int, tuple[Spool, list[SpooledMessage]]] = {}
         for job, results in zip(batch, outcomes, strict=True):
             done = self._record(job, results)
@@ -338,22 +351,50 @@ class Scheduler:
                 outcomes[position].append((index, result))
         return outcomes
 
+    async def _deliver_remote(
+        self, job: _Job, agent: RemoteAgent
+    ) -> list[tuple[int, DeliveryResult]]:
+        """The recipients at other domains, one transaction per domain (several RCPTs)."""
+        message = job.message
+        recipients = message.envelope.recipients
+        by_domain: dict[str, list[int]] = {}
+        for index in job.pending:
+            if self._find_maildir(recipients[index]) is None:
+                domain = recipients[index].rpartition("@")[2].lower()
+                by_domain.setdefault(domain, []).append(index)
+        if not by_domain:
+            return []
+        body = await asyncio.to_thread(self._read_body, job)
+        results: list[tuple[int, DeliveryResult]] = []
+        for domain, indexes in by_domain.items():
+            answers = await agent.deliver(
+                domain, [recipients[i] for i in indexes], envelope=message.envelope, body=body
+            )
+            results.extend(zip(indexes, answers, strict=True))
+        return results
+
+    @staticmethod
+    def _read_body(job: _Job) -> bytes:
+        with job.spool.open_body(job.message) as body:
+            return body.read() or b""
+
     def _local_recipients(self, job: _Job) -> list[int]:
-        """The pending recipients that have a Maildir here; the others are held."""
+        """The pending recipients that have a Maildir here; the others go to the remote
+        agent, or are held when there is none."""
         message = job.message
         local = []
         for index in job.pending:
             recipient = message.envelope.recipients[index]
             if self._find_maildir(recipient) is not None:
                 local.append(index)
-            elif index not in job.held:
-                # A remote recipient, accepted from a trusted client. Relaying to other
-                # servers arrives with the queue issue; the message waits in the spool.
+            elif self._remote is None and index not in job.held:
+                # A remote recipient and no outbound agent (a scheduler built for local
+                # delivery only): the message waits in the spool.
                 job.held.append(index)
                 event(
                     "held",
                     queue_id=message.queue_id,
                     to=f"<{recipient}>",
-                    detail="no transport for remote domains yet; kept in the spool",
+                    detail="no transport for remote domains; kept in the spool",
                 )
         return local
