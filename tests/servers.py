@@ -22,7 +22,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from pigeon.config import Config, DomainConfig, Limits, ListenerConfig
+import trustme
+
+from pigeon.config import Config, DomainConfig, Limits, ListenerConfig, TLSConfig
 from pigeon.server import Server
 
 T = TypeVar("T")
@@ -32,6 +34,8 @@ __all__ = [
     "ThreadedServer",
     "make_config",
     "read_maildir",
+    "tls_config",
+    "tls_listeners",
     "wait_for",
 ]
 
@@ -55,6 +59,24 @@ def make_config(data_dir: Path, **overrides: object) -> Config:
     return replace(config, **overrides)  # type: ignore[arg-type]
 
 
+def tls_config(cert: trustme.LeafCert, directory: Path, **overrides: object) -> TLSConfig:
+    """Write ``cert`` (from a trustme CA) and its key as PEM files; the [tls] that names them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    certificate, key = directory / "cert.pem", directory / "key.pem"
+    for index, pem in enumerate(cert.cert_chain_pems):
+        pem.write_to_path(str(certificate), append=index > 0)
+    cert.private_key_pem.write_to_path(str(key))
+    return replace(TLSConfig(certificate=certificate, key=key), **overrides)  # type: ignore[arg-type]
+
+
+def tls_listeners() -> tuple[ListenerConfig, ...]:
+    """Two loopback listeners: STARTTLS first (``port``), implicit TLS second."""
+    return (
+        ListenerConfig(address="127.0.0.1:0", tls="starttls"),
+        ListenerConfig(address="127.0.0.1:0", tls="implicit"),
+    )
+
+
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0, what: str = "it") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -74,11 +96,13 @@ def read_maildir(path: Path) -> list[bytes]:
 
 
 class ThreadedServer:
-    """A Pigeon server on its own event loop in a background thread."""
+    """A Pigeon server on its own event loop in a background thread: uvloop when it is
+    installed, as ``pigeon serve`` runs, unless ``uvloop=False`` asks for asyncio's own."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, uvloop: bool = True, outbound_port: int = 25) -> None:
         self.config = config
-        self._server = Server(config)
+        self._uvloop = uvloop
+        self._server = Server(config, outbound_port=outbound_port)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -96,9 +120,15 @@ class ThreadedServer:
     def address(self) -> tuple[str, int]:
         return ("127.0.0.1", self.port)
 
+    def address_of(self, index: int) -> tuple[str, int]:
+        """The address of the ``index``-th listener (in the order of the configuration)."""
+        return ("127.0.0.1", self._server.addresses[index][1])
+
     def _run(self) -> None:
         # The same event loop as `pigeon serve`: uvloop when it is installed.
         try:
+            if not self._uvloop:
+                raise ImportError("asyncio's loop asked for")
             uvloop = importlib.import_module("uvloop")
             loop = uvloop.new_event_loop()
         except ImportError:

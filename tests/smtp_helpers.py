@@ -23,6 +23,7 @@ from pigeon.smtp import (
     Reply,
     ServerConnection,
     ServerSettings,
+    State,
     Turn,
     Verify,
 )
@@ -65,9 +66,16 @@ class Driver:
         client_address: str = CLIENT_IP,
         start: bool = True,
         queue_id: str = QUEUE_ID,
+        handshake: bool = True,
+        tls: bool = False,
     ) -> None:
-        self.conn = ServerConnection(server_settings or settings(), client_address=client_address)
+        self.conn = ServerConnection(
+            server_settings or settings(), client_address=client_address, tls=tls
+        )
         self.policy = policy
+        # After 220 to STARTTLS: finish the "handshake" at once (the rest of the bytes fed
+        # with STARTTLS are then discarded, as a server must), or leave the core waiting.
+        self.handshake = handshake
         self.queue_id = queue_id
         self.events: list[Event] = []
         self.closed = False
@@ -102,6 +110,11 @@ class Driver:
             if event is NEED_DATA:
                 return
             if event is PAUSED:
+                if self.conn.state is State.TLS:
+                    if not self.handshake:
+                        return
+                    self.conn.tls_started()
+                    continue
                 raise AssertionError("PAUSED with the driver holding no pending event")
             assert isinstance(event, Event)
             if isinstance(event, ConnectionClosed):

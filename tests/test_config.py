@@ -16,6 +16,7 @@ from pigeon.config import (
     DomainConfig,
     Limits,
     ListenerConfig,
+    TLSConfig,
     load_config,
     parse_host_port,
 )
@@ -59,6 +60,7 @@ def test_example_file_names_every_setting_and_no_other() -> None:
     for domain in raw["domains"].values():
         assert set(domain) == field_names(DomainConfig)
     assert set(raw["limits"]) == field_names(Limits)
+    assert set(raw["tls"]) == field_names(TLSConfig)
 
 
 def test_example_file_shows_the_defaults() -> None:
@@ -70,6 +72,7 @@ def test_example_file_shows_the_defaults() -> None:
     assert config.trusted_networks == defaults.trusted_networks
     assert config.resolver == defaults.resolver
     assert config.data_dir.name == defaults.data_dir.name
+    assert config.tls == defaults.tls
 
 
 # -- defaults ---------------------------------------------------------------------------------
@@ -318,6 +321,15 @@ def test_whole_numbers_are_accepted_for_seconds(tmp_path: Path) -> None:
         ("[limits]\nconnections = true\n", ["limits.connections"]),
         ('[limits]\ncommand_timeout = "5m"\n', ["limits.command_timeout", "a number"]),
         ("[limits]\ndata_timeout = -0.5\n", ["limits.data_timeout"]),
+        ('[[listen]]\ntls = "yes"\n', ["listen[0].tls", "'yes'"]),
+        ('[[listen]]\ntls = "starttls"\n', ["listen[0].tls", "needs a certificate"]),
+        ('[[listen]]\ntls = "implicit"\n', ["listen[0].tls", "tls.certificate"]),
+        ('tls = "on"\n', ["tls", "expected a table"]),
+        ("[tls]\nbogus = 1\n", ["unknown setting tls.bogus"]),
+        ("[tls]\ncertificate = 1\n", ["tls.certificate", "expected a string"]),
+        ('[tls]\nkey = "key.pem"\n', ["tls.key", "tls.certificate"]),
+        ("[tls]\nmin_version = 1.2\n", ["tls.min_version", "a string"]),
+        ('[tls]\nmin_version = "1.1"\n', ["tls.min_version", "'1.1'"]),
     ],
 )
 def test_wrong_settings_are_refused_by_name(tmp_path: Path, text: str, names: list[str]) -> None:
@@ -391,3 +403,41 @@ def test_nan_timeout_is_refused(tmp_path: Path) -> None:
     assert math.isnan(tomllib.loads("x = nan")["x"])
     with pytest.raises(ConfigError, match=r"limits\.command_timeout"):
         load_text(tmp_path, "[limits]\ncommand_timeout = nan\n")
+
+
+# -- TLS --------------------------------------------------------------------------------------
+
+
+def test_no_certificate_means_no_tls() -> None:
+    config = Config()
+    assert config.tls == TLSConfig(certificate=None, key=None, min_version="1.2")
+    assert config.listen[0].tls == "auto"
+    assert config.listener_tls(config.listen[0]) == "none"
+
+
+def test_tls_settings_load_with_paths_from_the_file(tmp_path: Path) -> None:
+    text = (
+        '[[listen]]\naddress = "127.0.0.1:587"\n'
+        '[[listen]]\naddress = "127.0.0.1:465"\ntls = "implicit"\n'
+        '[[listen]]\naddress = "127.0.0.1:2525"\ntls = "none"\n'
+        '[tls]\ncertificate = "certs/cert.pem"\nkey = "/etc/pigeon/key.pem"\nmin_version = "1.3"\n'
+    )
+    config = load_text(tmp_path, text)
+    assert config.tls == TLSConfig(
+        certificate=tmp_path / "certs" / "cert.pem",
+        key=Path("/etc/pigeon/key.pem"),
+        min_version="1.3",
+    )
+    # "auto" is STARTTLS once there is a certificate.
+    assert [config.listener_tls(lc) for lc in config.listen] == ["starttls", "implicit", "none"]
+
+
+def test_empty_paths_are_the_defaults(tmp_path: Path) -> None:
+    config = load_text(tmp_path, '[tls]\ncertificate = ""\nkey = ""\n')
+    assert config.tls == TLSConfig()
+
+
+def test_key_may_live_in_the_certificate_file(tmp_path: Path) -> None:
+    config = load_text(tmp_path, '[tls]\ncertificate = "both.pem"\n')
+    assert config.tls.certificate == tmp_path / "both.pem"
+    assert config.tls.key is None

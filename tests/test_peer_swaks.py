@@ -5,6 +5,9 @@ free port), reads swaks's transcript and exit code, and reads the result back fr
 Maildir with :class:`mailbox.Maildir`.
 
 VRFY is not covered here: swaks has no option that sends VRFY or EXPN.
+
+TLS: swaks (through Net::SSLeay) drives STARTTLS (``--tls``) and implicit TLS (``--tlsc``),
+verifying the server's certificate against a trustme CA (``--tls-verify --tls-ca-path``).
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import random
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.servers import ThreadedServer
+from tests.peers import TestCA
+from tests.servers import ThreadedServer, make_config, tls_config, tls_listeners
 
 SWAKS = shutil.which("swaks")
 
@@ -35,15 +40,18 @@ SENDER = "carol@remote.test"
 QUEUED = re.compile(r"^<-  250 2\.0\.0 Ok: queued as (?P<id>[0-9A-Z]+)$", re.MULTILINE)
 
 
-def swaks(server: ThreadedServer, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run swaks against ``server``; ``--config`` alone keeps any ~/.swaksrc out of it."""
+def swaks(
+    server: ThreadedServer, *args: str, port: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run swaks against ``server`` (its first listener unless ``port``); ``--config`` alone
+    keeps any ~/.swaksrc out of it."""
     assert SWAKS is not None
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWAKS_")}
     command = [
         SWAKS,
         "--config",
         "--server",
-        f"127.0.0.1:{server.port}",
+        f"127.0.0.1:{port or server.port}",
         "--timeout",
         "30",
         "--helo",
@@ -288,3 +296,82 @@ def test_classic_smtp_with_custom_data(server: ThreadedServer) -> None:
     assert message["Subject"] == "custom"
     assert message["X-Test"] == "1"
     assert body_of(message) == "line one\n.hidden dot\n"
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca() -> TestCA:
+    return TestCA()
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path, ca: TestCA) -> Iterator[ThreadedServer]:
+    """STARTTLS on the first listener, implicit TLS on the second."""
+    config = make_config(
+        tmp_path / "data", listen=tls_listeners(), tls=tls_config(ca.cert, tmp_path / "tls")
+    )
+    with ThreadedServer(config) as running:
+        yield running
+
+
+def verify_with(ca: TestCA, directory: Path) -> list[str]:
+    return ["--tls-verify", "--tls-ca-path", str(ca.write_ca(directory / "ca.pem"))]
+
+
+def assert_received_over_tls(server: ThreadedServer, queue_id: str) -> None:
+    server.wait_idle()
+    (message,) = messages_of(server, "alice")
+    received = " ".join(message["Received"].split())
+    assert received.startswith("from client.test (unknown [127.0.0.1]) (using TLSv1.")
+    assert f"with ESMTPS id {queue_id}" in received
+
+
+def test_starttls(tls_server: ThreadedServer, ca: TestCA, tmp_path: Path) -> None:
+    result = swaks(tls_server, "--tls", *verify_with(ca, tmp_path), "--to", "alice@example.test")
+    assert result.returncode == 0, result.stdout + result.stderr
+    transcript = result.stdout
+    assert "<-  250-STARTTLS" in transcript
+    assert " -> STARTTLS" in transcript
+    assert "<-  220 2.0.0 Ready to start TLS" in transcript
+    assert "=== TLS started with cipher TLSv1." in transcript
+    # After TLS (lines marked ~): a new EHLO, and STARTTLS is no longer offered.
+    assert " ~> EHLO client.test" in transcript
+    assert "<~  250-STARTTLS" not in transcript
+    assert_received_over_tls(tls_server, queue_id_of(transcript.replace("<~", "<-")))
+
+
+def test_implicit_tls(tls_server: ThreadedServer, ca: TestCA, tmp_path: Path) -> None:
+    port = tls_server.address_of(1)[1]
+    result = swaks(
+        tls_server, "--tlsc", *verify_with(ca, tmp_path), "--to", "alice@example.test", port=port
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    transcript = result.stdout
+    # TLS first, then the greeting, inside it.
+    assert transcript.index("=== TLS started with cipher") < transcript.index(
+        "<~  220 mx.example.test ESMTP Pigeon"
+    )
+    assert "STARTTLS" not in transcript
+    assert_received_over_tls(tls_server, queue_id_of(transcript.replace("<~", "<-")))
+
+
+def test_a_certificate_from_another_ca_fails_verification(
+    tls_server: ThreadedServer, tmp_path: Path
+) -> None:
+    stranger = TestCA()
+    result = swaks(
+        tls_server, "--tls", *verify_with(stranger, tmp_path), "--to", "alice@example.test"
+    )
+    assert result.returncode != 0
+    assert "Ready to start TLS" in result.stdout
+    assert "queued as" not in result.stdout
+    assert delivered_files(tls_server) == []
+
+
+def test_starttls_required_but_not_offered(server: ThreadedServer) -> None:
+    result = swaks(server, "--tls", "--to", "alice@example.test")
+    assert result.returncode != 0
+    assert " -> STARTTLS" not in result.stdout  # swaks saw it was not offered
+    assert delivered_files(server) == []

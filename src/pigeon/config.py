@@ -26,6 +26,8 @@ __all__ = [
     "DomainConfig",
     "Limits",
     "ListenerConfig",
+    "TLSConfig",
+    "check_tls",
     "load_config",
     "parse_host_port",
 ]
@@ -34,6 +36,10 @@ Compat = Literal["rfc5321", "rfc821"]
 VrfyPolicy = Literal["hidden", "off", "on"]
 ExpnPolicy = Literal["off", "on"]
 BareLineEnds = Literal["reject", "keep"]
+# "auto": STARTTLS when a certificate is configured, else none.
+ListenerTLS = Literal["auto", "none", "starttls", "implicit"]
+TLSMode = Literal["none", "starttls", "implicit"]
+TLSVersion = Literal["1.2", "1.3"]
 
 
 class ConfigError(Exception):
@@ -48,10 +54,21 @@ class ListenerConfig:
     vrfy: VrfyPolicy = "hidden"  # hidden: 252 without looking; off: 502; on: answer truthfully
     expn: ExpnPolicy = "off"
     bare_line_ends: BareLineEnds = "reject"
+    # "starttls" (RFC 3207) for ports 25 and 587, "implicit" (RFC 8314) for port 465.
+    tls: ListenerTLS = "auto"
 
     @property
     def host_port(self) -> tuple[str, int]:
         return parse_host_port(self.address, default_port=25)
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """The server's certificate and key (PEM files, read again on SIGHUP)."""
+
+    certificate: Path | None = None  # none: no TLS at all
+    key: Path | None = None  # none: the key is in the certificate file
+    min_version: TLSVersion = "1.2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +101,7 @@ class Config:
     trusted_networks: tuple[str, ...] = ()
     resolver: tuple[str, ...] = ()  # DNS servers for reverse lookups; none: no lookups
     limits: Limits = field(default_factory=Limits)
+    tls: TLSConfig = field(default_factory=TLSConfig)
 
     @property
     def spool_dir(self) -> Path:
@@ -95,6 +113,12 @@ class Config:
 
     def with_overrides(self, **overrides: Any) -> Config:
         return replace(self, **overrides)
+
+    def listener_tls(self, listener: ListenerConfig) -> TLSMode:
+        """What TLS ``listener`` speaks, with "auto" decided by whether there is a certificate."""
+        if listener.tls == "auto":
+            return "starttls" if self.tls.certificate is not None else "none"
+        return listener.tls
 
 
 def parse_host_port(text: str, *, default_port: int) -> tuple[str, int]:
@@ -165,7 +189,23 @@ def _build_config(raw: dict[str, Any], *, base: Path) -> Config:
         )
     if "limits" in raw:
         values["limits"] = _limits(raw["limits"])
-    return Config(**values)
+    if "tls" in raw:
+        values["tls"] = _tls(raw["tls"], base=base)
+    return check_tls(Config(**values))
+
+
+def check_tls(config: Config) -> Config:
+    """A listener that must speak TLS needs a certificate to speak it with."""
+    if config.tls.certificate is None:
+        if config.tls.key is not None:
+            raise ConfigError("tls.key (--tls-key): set tls.certificate (--tls-cert) too")
+        for index, listener in enumerate(config.listen):
+            if listener.tls in ("starttls", "implicit"):
+                raise ConfigError(
+                    f"listen[{index}].tls: {listener.tls!r} needs a certificate:"
+                    " set tls.certificate (--tls-cert)"
+                )
+    return config
 
 
 def check_network(text: str, where: str) -> str:
@@ -216,7 +256,7 @@ def _listener(raw: Any, index: int) -> ListenerConfig:
         raise ConfigError(f"{where}: expected a table")
     _no_unknown(raw, {f.name for f in fields(ListenerConfig)}, where=f"{where}.")
     values: dict[str, Any] = {}
-    for key in ("address", "compat", "vrfy", "expn", "bare_line_ends"):
+    for key in ("address", "compat", "vrfy", "expn", "bare_line_ends", "tls"):
         if key in raw:
             values[key] = _str(raw[key], f"{where}.{key}")
     choices = {
@@ -224,6 +264,7 @@ def _listener(raw: Any, index: int) -> ListenerConfig:
         "vrfy": ("hidden", "off", "on"),
         "expn": ("off", "on"),
         "bare_line_ends": ("reject", "keep"),
+        "tls": ("auto", "none", "starttls", "implicit"),
     }
     for key, allowed in choices.items():
         if key in values and values[key] not in allowed:
@@ -266,6 +307,27 @@ def _limits(raw: Any) -> Limits:
             raise ConfigError(f"limits.{f.name}: expected {kind} >= 0, got {value!r}")
         values[f.name] = value
     return Limits(**values)
+
+
+def _tls(raw: Any, *, base: Path) -> TLSConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError("tls: expected a table")
+    _no_unknown(raw, {f.name for f in fields(TLSConfig)}, where="tls.")
+    values: dict[str, Any] = {}
+    for key in ("certificate", "key"):
+        if key in raw:
+            text = _str(raw[key], f"tls.{key}")
+            if text:  # "" is the default: none
+                path = Path(text)
+                values[key] = path if path.is_absolute() else base / path
+    if "min_version" in raw:
+        version = raw["min_version"]
+        if not isinstance(version, str) or version not in ("1.2", "1.3"):
+            raise ConfigError(
+                f'tls.min_version: expected "1.2" or "1.3" (a string), got {version!r}'
+            )
+        values["min_version"] = version
+    return TLSConfig(**values)
 
 
 def _no_unknown(raw: dict[str, Any], known: set[str], *, where: str) -> None:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from pigeon import __version__
 
-from . import send, sendmail, serve
+from . import send, sendmail, serve, tls
 
 __all__ = ["main"]
 
@@ -20,6 +20,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.register(commands)
     send.register(commands)
     sendmail.register(commands)
+    tls.register(commands)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)

@@ -7,6 +7,8 @@ import asyncio
 import logging
 import os
 import sys
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +16,11 @@ from pigeon.config import (
     Config,
     ConfigError,
     DomainConfig,
-    ListenerConfig,
     check_hostname,
     check_listen,
     check_network,
     check_resolvers,
+    check_tls,
     load_config,
 )
 from pigeon.directory import Directory
@@ -26,6 +28,7 @@ from pigeon.log import configure_logging
 from pigeon.server import Server
 from pigeon.server.loop import use_uvloop
 from pigeon.server.supervisor import Supervisor
+from pigeon.server.tls import build_context
 
 __all__ = ["build_config", "register"]
 
@@ -44,8 +47,23 @@ def register(commands: Any) -> None:
         "--listen",
         action="append",
         metavar="HOST:PORT",
-        help="address to listen on (repeatable; replaces the file's listeners)",
+        help="address to listen on, with STARTTLS when there is a certificate (repeatable; "
+        "--listen and --listen-tls replace the file's listeners)",
     )
+    parser.add_argument(
+        "--listen-tls",
+        action="append",
+        metavar="HOST:PORT",
+        help="address to listen on with implicit TLS, as on port 465 (repeatable; needs "
+        "--tls-cert or tls.certificate)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="PATH",
+        help="PEM certificate chain (and the key, unless --tls-key); enables STARTTLS",
+    )
+    parser.add_argument("--tls-key", type=Path, metavar="PATH", help="PEM private key")
     parser.add_argument("--hostname", help="this server's name in the greeting and headers")
     parser.add_argument(
         "--domain", action="append", metavar="DOMAIN", help="serve this domain (repeatable)"
@@ -96,32 +114,29 @@ def build_config(args: argparse.Namespace) -> Config:
         overrides["hostname"] = check_hostname(args.hostname, "--hostname")
     if args.data_dir:
         overrides["data_dir"] = args.data_dir
-    if args.listen:
-        for address in args.listen:
+    if args.listen or args.listen_tls:
+        for address in args.listen or ():
             check_listen(address, "--listen")
+        for address in args.listen_tls or ():
+            check_listen(address, "--listen-tls")
+        # The first listener of the file (or the default) gives the rest of the settings.
         base = config.listen[0]
         overrides["listen"] = tuple(
-            ListenerConfig(
-                address=a,
-                compat=base.compat,
-                vrfy=base.vrfy,
-                expn=base.expn,
-                bare_line_ends=base.bare_line_ends,
-            )
-            for a in args.listen
+            [replace(base, address=a, tls="auto") for a in args.listen or ()]
+            + [replace(base, address=a, tls="implicit") for a in args.listen_tls or ()]
         )
     if args.compat:
         listeners = overrides.get("listen", config.listen)
-        overrides["listen"] = tuple(
-            ListenerConfig(
-                address=lc.address,
-                compat=args.compat,
-                vrfy=lc.vrfy,
-                expn=lc.expn,
-                bare_line_ends=lc.bare_line_ends,
-            )
-            for lc in listeners
-        )
+        overrides["listen"] = tuple(replace(lc, compat=args.compat) for lc in listeners)
+    if args.tls_cert is not None:
+        # A new certificate comes with its own key: --tls-key, or in the same file.
+        overrides["tls"] = replace(config.tls, certificate=args.tls_cert, key=args.tls_key)
+    elif args.tls_key is not None:
+        if config.tls.certificate is None:
+            raise ConfigError("--tls-key: give --tls-cert (or tls.certificate) too")
+        overrides["tls"] = replace(config.tls, key=args.tls_key)
+    if args.listen_tls and overrides.get("tls", config.tls).certificate is None:
+        raise ConfigError("--listen-tls: implicit TLS needs a certificate; give --tls-cert")
     if args.domain:
         users = tuple(args.user or ())
         overrides["domains"] = {
@@ -133,12 +148,14 @@ def build_config(args: argparse.Namespace) -> Config:
         overrides["trusted_networks"] = tuple(check_network(n, "--trust") for n in args.trust)
     if args.resolver:
         overrides["resolver"] = check_resolvers(tuple(args.resolver), "--resolver")
-    return config.with_overrides(**overrides)
+    return check_tls(config.with_overrides(**overrides))
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         config = build_config(args)
+        if config.tls.certificate is not None:
+            build_context(config.tls)  # a missing or broken certificate stops us here
     except ConfigError as error:
         print(f"pigeon serve: {error}", file=sys.stderr)
         return EXIT_CONFIG
@@ -154,6 +171,9 @@ def run(args: argparse.Namespace) -> int:
             asyncio.run(_serve(config))
             return 0
         return _supervise(config, workers, level)
+    except ConfigError as error:  # the certificate changed between the check and the start
+        print(f"pigeon serve: {error}", file=sys.stderr)
+        return EXIT_CONFIG
     except OSError as error:
         print(f"pigeon serve: cannot start: {error}", file=sys.stderr)
         return 71  # EX_OSERR
@@ -165,7 +185,7 @@ async def _serve(config: Config) -> None:
     server = Server(config)
     server.handle_signals()
     await server.start()
-    _banner(config, server.addresses, workers=1)
+    _banner(config, server.addresses, server.tls_modes, workers=1)
     if server.recovered:
         print(f"pigeon: {server.recovered} message(s) recovered from the spool", flush=True)
     await server.run_until_signalled()
@@ -174,15 +194,27 @@ async def _serve(config: Config) -> None:
 def _supervise(config: Config, workers: int, level: int) -> int:
     supervisor = Supervisor(config, workers, log_level=level)
     supervisor.start(supervisor.bind())
-    _banner(config, supervisor.addresses, workers=workers)
+    modes = [config.listener_tls(listener) for listener in config.listen]
+    _banner(config, supervisor.addresses, modes, workers=workers)
     return supervisor.run()
 
 
-def _banner(config: Config, addresses: list[tuple[str, int]], *, workers: int) -> None:
+_TLS_SHOWN = {"none": "", "starttls": " (STARTTLS)", "implicit": " (implicit TLS)"}
+
+
+def _banner(
+    config: Config,
+    addresses: Sequence[tuple[str, int]],
+    tls_modes: Sequence[str],
+    *,
+    workers: int,
+) -> None:
     """What a person starting the server wants to know: where it listens, where mail goes."""
-    for host, port in addresses:
+    for (host, port), tls in zip(addresses, tls_modes, strict=True):
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        print(f"pigeon: listening on {shown}", flush=True)
+        print(f"pigeon: listening on {shown}{_TLS_SHOWN[tls]}", flush=True)
+    if config.tls.certificate is not None:
+        print(f"pigeon: TLS certificate {config.tls.certificate}", flush=True)
     directory = Directory(config.domains, mail_root=config.mail_dir)
     for line in directory.describe():
         print(f"pigeon: mail for {line}", flush=True)

@@ -10,12 +10,14 @@ from typing import TYPE_CHECKING
 
 import dns.asyncresolver
 
-from pigeon.config import Config, ListenerConfig
+from pigeon.config import Config, ListenerConfig, TLSMode
 from pigeon.directory import Directory
 from pigeon.policy import RelayPolicy, VerifyPolicy
 from pigeon.queue.scheduler import Scheduler
 from pigeon.queue.spool import Spool
 from pigeon.smtp import ServerSettings
+
+from .tls import ServerTLS
 
 if TYPE_CHECKING:
     from .session import Session
@@ -31,6 +33,7 @@ class ServerContext:
     spool: Spool
     scheduler: Scheduler
     resolver: dns.asyncresolver.Resolver | None
+    tls: ServerTLS | None = None  # the certificate, when one is configured
     sessions: set[Session] = field(default_factory=set)
     shutting_down: bool = False
     drained: asyncio.Event = field(default_factory=asyncio.Event)  # last session gone
@@ -63,10 +66,18 @@ class Listener:
     config: ListenerConfig
     smtp_settings: ServerSettings
     verify: VerifyPolicy
+    tls: TLSMode = "none"
+
+    @property
+    def implicit_tls(self) -> bool:
+        return self.tls == "implicit"
 
     @classmethod
     def build(cls, context: ServerContext, config: ListenerConfig) -> Listener:
         limits = context.config.limits
+        tls = context.config.listener_tls(config)
+        if tls != "none" and context.tls is None:
+            raise RuntimeError("a TLS listener on a server without a certificate")
         settings = ServerSettings(
             hostname=context.config.hostname,
             classic=config.compat == "rfc821",
@@ -74,6 +85,7 @@ class Listener:
             max_recipients=limits.recipients,
             max_errors=limits.errors,
             reject_bare_line_ends=config.bare_line_ends == "reject",
+            starttls=tls == "starttls",
         )
         verify = VerifyPolicy(context.directory, vrfy=config.vrfy, expn=config.expn)
-        return cls(context, config, settings, verify)
+        return cls(context, config, settings, verify, tls)

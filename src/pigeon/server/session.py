@@ -4,6 +4,13 @@ The session is an ``asyncio.Protocol``, not a stream reader: ``data_received`` p
 answers everything it can synchronously, and writes the replies of a pipelined batch in one
 ``transport.write``. Only the end of a message waits (for the spool's fsync); meanwhile the
 core holds any pipelined commands in its buffer, and reading pauses if that grows too big.
+
+TLS: on STARTTLS the session writes the 220, pauses reading at once and upgrades the same
+connection with ``loop.start_tls``, keeping itself as the protocol; whatever the client sent
+after STARTTLS in the clear has been thrown away by the core. On an implicit-TLS listener
+(see ``app.Server``) the session begins after the handshake, on the TLS transport. Either
+way the context is the one current when the handshake starts, so a SIGHUP reload reaches new
+sessions only.
 """
 
 from __future__ import annotations
@@ -11,12 +18,15 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import itertools
+import logging
+import ssl
 import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 from pigeon.dns import reverse_name
 from pigeon.log import event as log
+from pigeon.log import event_at
 from pigeon.queue.envelope import Envelope
 from pigeon.queue.spool import MessageWriter, SpoolError
 from pigeon.smtp import (
@@ -33,13 +43,17 @@ from pigeon.smtp import (
     MessageData,
     MessageEnd,
     RcptTo,
+    Reply,
     Reset,
     ServerConnection,
+    StartTLS,
     State,
     Turn,
     Verify,
     replies,
 )
+
+from .tls import SHUTDOWN_TIMEOUT, describe, handshake_timeout
 
 if TYPE_CHECKING:
     from .context import Listener
@@ -79,6 +93,12 @@ class Session(asyncio.Protocol):
         self._last_activity = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._lost = False
+        # TLS: the handshake is under way (reading paused, nothing written), and the
+        # decrypted bytes that arrived before this session took over the TLS transport.
+        self._handshaking = False
+        self._early: list[bytes] = []
+        self.tls: str | None = None  # "TLSv1.3 with cipher ... (256/256 bits)" once active
         self._reset()
 
     def _reset(self) -> None:
@@ -101,17 +121,27 @@ class Session(asyncio.Protocol):
         self._client_ip, self._client_port = str(peer[0]), int(peer[1])
         if self._client_ip.startswith("::ffff:"):
             self._client_ip = self._client_ip[7:]
-        conn = ServerConnection(self._listener.smtp_settings, client_address=self._client_ip)
+        implicit = self._listener.implicit_tls
+        conn = ServerConnection(
+            self._listener.smtp_settings, client_address=self._client_ip, tls=implicit
+        )
         self._conn = conn
         context = self._context
         log("connect", session=self.id, client=f"{self._client_ip}:{self._client_port}")
+        if implicit:  # the handshake is done already (RFC 8314)
+            self.tls = describe(self._transport.get_extra_info("ssl_object"))
+            log("tls", session=self.id, client=self._client_ip, tls=self.tls)
+        refusal: Reply | None = None
         if context.shutting_down:
-            conn.start(replies.shutting_down(context.config.hostname))
+            refusal = replies.shutting_down(context.config.hostname)
         elif len(context.sessions) >= context.config.limits.connections:
-            conn.start(replies.too_many_connections(context.config.hostname))
+            refusal = replies.too_many_connections(context.config.hostname)
             log("refused", session=self.id, client=self._client_ip, reason="too many connections")
         else:
             context.sessions.add(self)
+        if refusal is not None:
+            conn.start(refusal)
+        else:
             conn.start()
             self._touch()
             self._arm_timer()
@@ -123,10 +153,20 @@ class Session(asyncio.Protocol):
         conn = self._conn
         assert conn is not None
         self._touch()
+        if self._handshaking:
+            # Reading was paused before the handshake began, so these bytes came through TLS
+            # after it ended, before start_tls() returned: keep them for the new session.
+            self._early.append(data)
+            return
         conn.receive_data(data)
         self._pump()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # Called by the transport, or by a failed TLS handshake (after which asyncio may or
+        # may not call it too): only once counts.
+        if self._lost:
+            return
+        self._lost = True
         context = self._context
         context.sessions.discard(self)
         if context.shutting_down and not context.sessions:
@@ -141,8 +181,62 @@ class Session(asyncio.Protocol):
             client=self._client_ip,
             messages=conn.messages if conn else 0,
             errors=conn.errors if conn else 0,
-            reason=str(exc) if exc else None,
+            # After 221 or 421 the client may hang up as it likes (a TLS client often resets
+            # the connection instead of answering close_notify): not worth a reason.
+            reason=str(exc) if exc and not (conn and conn.closed) else None,
         )
+
+    # -- TLS ----------------------------------------------------------------------------------
+    def _start_tls(self) -> None:
+        """Begin the handshake on this connection, after STARTTLS's 220. Reading stops now,
+        before another byte is taken in the clear; ``loop.start_tls`` resumes it under TLS.
+
+        (Pausing works here, inside ``data_received``; uvloop would undo a pause made in
+        ``connection_made``, which is one reason implicit TLS does not come this way.)"""
+        tls = self._context.tls
+        transport = self._transport
+        assert tls is not None
+        assert transport is not None
+        self._handshaking = True
+        transport.pause_reading()
+        self._spawn(self._handshake(transport, tls.context))
+
+    async def _handshake(self, transport: asyncio.Transport, context: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        secure: asyncio.BaseTransport | None = None
+        reason = "connection closed during the handshake"
+        try:
+            secure = await loop.start_tls(
+                transport,
+                self,
+                context,
+                server_side=True,
+                ssl_handshake_timeout=handshake_timeout(self._context.config.limits),
+                ssl_shutdown_timeout=SHUTDOWN_TIMEOUT,
+            )
+        except Exception as error:  # any failure ends the session the same way
+            reason = str(error) or type(error).__name__
+        if secure is None or secure.is_closing() or self._lost:
+            client = self._client_ip
+            event_at(logging.WARNING, "tls_failed", session=self.id, client=client, reason=reason)
+            self._handshaking = False
+            if not transport.is_closing():
+                transport.abort()
+            self.connection_lost(None)
+            return
+        self._transport = cast(asyncio.Transport, secure)
+        self._handshaking = False
+        self._paused = False  # a new transport, reading
+        self.tls = describe(secure.get_extra_info("ssl_object"))
+        log("tls", session=self.id, client=self._client_ip, tls=self.tls)
+        conn = self._conn
+        assert conn is not None
+        conn.tls_started()  # forgets the EHLO, and anything sent after STARTTLS
+        self._touch()
+        early, self._early = b"".join(self._early), []
+        if early:
+            conn.receive_data(early)
+        self._pump()
 
     # -- the event loop of one session --------------------------------------------------------
     def _pump(self) -> None:
@@ -200,8 +294,21 @@ class Session(asyncio.Protocol):
             # TURN without authentication would hand this server's mail to anyone who asks
             # (RFC 5321 section 4.1.1): not offered until authenticated ATRN exists.
             conn.respond(replies.NOT_IMPLEMENTED)
+        elif isinstance(event, StartTLS):
+            self._on_starttls()
         elif event.needs_reply:
             conn.respond(replies.NOT_IMPLEMENTED)
+
+    def _on_starttls(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        if self._context.tls is None or self._closing:
+            conn.respond(replies.TLS_NOT_AVAILABLE)
+            return
+        self._reset()
+        conn.accept()  # 220; the core drops what was pipelined after STARTTLS
+        self._flush()  # the 220 is the last thing said in the clear
+        self._start_tls()
 
     def _on_mail(self, event: MailFrom) -> None:
         conn = self._conn
@@ -264,7 +371,7 @@ class Session(asyncio.Protocol):
                 client_address=self._client_ip,
                 client_name=self._client_name or "",
                 helo=conn.helo_name,
-                protocol="ESMTP" if conn.extended else "SMTP",
+                protocol=self._protocol(),
                 body_type=str(self._mail_parameters.get("BODY") or "7BIT"),
                 received_at=time.time(),
                 mail_parameters=tuple(self._mail_parameters.items()),
@@ -309,11 +416,12 @@ class Session(asyncio.Protocol):
         assert conn is not None
         helo = conn.helo_name or f"[{self._client_ip}]"
         client = f"{self._client_name or 'unknown'} [{self._client_ip}]"
-        protocol = "ESMTP" if conn.extended else "SMTP"
-        lines = [
-            f"Received: from {helo} ({client})",
-            f"\tby {self._context.config.hostname} (Pigeon) with {protocol} id {queue_id}",
-        ]
+        lines = [f"Received: from {helo} ({client})"]
+        if self.tls is not None:
+            lines.append(f"\t(using {self.tls})")  # as Postfix writes it
+        lines.append(
+            f"\tby {self._context.config.hostname} (Pigeon) with {self._protocol()} id {queue_id}"
+        )
         date = _rfc5322_now()
         if len(self._recipients) == 1:
             # Naming the recipient only when there is one keeps Bcc recipients private.
@@ -322,6 +430,15 @@ class Session(asyncio.Protocol):
             lines[-1] += ";"
             lines.append(f"\t{date}")
         return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+    def _protocol(self) -> str:
+        """The "with" of the Received line (RFC 3848: ESMTPS is ESMTP under TLS). The IANA
+        registry has no name for HELO under TLS; the "using" clause says it instead."""
+        conn = self._conn
+        assert conn is not None
+        if not conn.extended:
+            return "SMTP"
+        return "ESMTPS" if conn.tls_active else "ESMTP"
 
     async def _look_up_client(self) -> None:
         self._client_name = await reverse_name(self._context.resolver, self._client_ip)
@@ -334,7 +451,7 @@ class Session(asyncio.Protocol):
     def _flush(self) -> None:
         conn = self._conn
         transport = self._transport
-        if conn is None or transport is None:
+        if conn is None or transport is None or self._handshaking:
             return
         out = conn.data_to_send()
         if out and not transport.is_closing():
@@ -344,11 +461,14 @@ class Session(asyncio.Protocol):
 
     def _close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
-            self._transport.close()
+            if self._handshaking:
+                self._transport.abort()  # no clear text into a TLS handshake
+            else:
+                self._transport.close()
 
     def _apply_backpressure(self, conn: ServerConnection) -> None:
         transport = self._transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._handshaking:
             return
         if not self._paused and conn.buffered > _HIGH_WATER:
             transport.pause_reading()
@@ -378,6 +498,11 @@ class Session(asyncio.Protocol):
         self._timer = None
         if conn.state is State.CLOSED:
             return
+        if self._handshaking:
+            # The handshake has its own timeout; the command timeout starts again after it.
+            self._touch()
+            self._arm_timer()
+            return
         limits = self._context.config.limits
         timeout = limits.data_timeout if conn.state is State.DATA else limits.command_timeout
         if not self._busy and time.monotonic() - self._last_activity >= timeout:
@@ -392,7 +517,7 @@ class Session(asyncio.Protocol):
         """Shutdown: idle sessions get 421 now, busy ones after their transaction."""
         self._closing = True
         conn = self._conn
-        if conn is not None and conn.is_idle and not self._busy:
+        if conn is not None and conn.is_idle and not self._busy and not self._handshaking:
             conn.abort(replies.shutting_down(self._context.config.hostname))
             self._flush()
             self._close()

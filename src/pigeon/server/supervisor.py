@@ -9,7 +9,8 @@ the data directory without locking each other; Maildir delivery is safe from any
 The supervisor itself holds no mail. It binds each listening port first (so port 0 becomes
 a real port that every worker then shares), hands a worker the spools of workers that no
 longer exist (a previous run with more workers), restarts a worker that dies, and on SIGTERM
-asks every worker to stop gracefully and waits for them, as Postfix's master does.
+asks every worker to stop gracefully and waits for them, as Postfix's master does. SIGHUP is
+passed on to every worker, each of which reloads its TLS certificate.
 """
 
 from __future__ import annotations
@@ -113,6 +114,8 @@ class Supervisor:
         return plan
 
     def start(self, worker_config: Config) -> None:
+        # Before any worker exists, so that none misses a SIGHUP sent once the port is open.
+        signal.signal(signal.SIGHUP, self._on_hangup)
         ready: list[multiprocessing.connection.Connection] = []
         for index, adopt in self._adoptions().items():
             ready.append(self._spawn(worker_config, index, adopt))
@@ -177,6 +180,15 @@ class Supervisor:
     def _on_signal(self, signum: int, frame: object) -> None:
         self._stopping = True
 
+    def _on_hangup(self, signum: int, frame: object) -> None:
+        """SIGHUP: every worker reloads its certificate (a worker started later reads the
+        files anew anyway)."""
+        log("reload", workers=len(self._processes))
+        for process in list(self._processes.values()):
+            if process.is_alive() and process.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGHUP)
+
     def _stop(self) -> int:
         for process in self._processes.values():
             if process.is_alive() and process.pid is not None:
@@ -206,6 +218,9 @@ def _worker_main(
     configure_logging(log_level)
     # SIGINT from a terminal reaches every process of the group; the supervisor decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A SIGHUP before the server handles it must not kill a worker that is starting (the
+    # certificate it is about to read is the current one anyway).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     use_uvloop()
 
     async def serve() -> None:

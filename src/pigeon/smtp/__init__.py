@@ -18,6 +18,7 @@ from ._events import (
     MessageEnd,
     RcptTo,
     Reset,
+    StartTLS,
     Turn,
     Verify,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "Reset",
     "ServerConnection",
     "ServerSettings",
+    "StartTLS",
     "State",
     "Turn",
     "Verify",

@@ -27,6 +27,7 @@ __all__ = [
     "MessageEnd",
     "RcptTo",
     "Reset",
+    "StartTLS",
     "Turn",
     "Verify",
 ]
@@ -138,6 +139,15 @@ class Verify(Event):
 class Expand(Event):
     needs_reply: ClassVar[bool] = True
     argument: str
+
+
+@dataclass(frozen=True, slots=True)
+class StartTLS(Event):
+    """STARTTLS (RFC 3207), offered and in sequence: ``accept()`` says 220 and the core reads
+    nothing more until ``tls_started()``; or refuse it with 454 4.7.0 and the session goes on
+    in the clear."""
+
+    needs_reply: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, slots=True)

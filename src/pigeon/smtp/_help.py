@@ -29,11 +29,16 @@ COMMAND_HELP: dict[str, tuple[str, ...]] = {
     "SOML": ("SOML FROM:<sender>", "Deliver to the terminal if logged in, else mailbox (RFC 821)."),
     "SAML": ("SAML FROM:<sender>", "Deliver to the terminal and the mailbox (RFC 821)."),
     "TURN": ("TURN", "Reverse the roles of client and server (RFC 821)."),
+    "STARTTLS": (
+        "STARTTLS",
+        "Start TLS (RFC 3207); then send EHLO again. Offered only where EHLO lists it.",
+    ),
 }
 
 
-def command_list() -> tuple[str, ...]:
-    names = " ".join(COMMAND_HELP)
+def command_list(*, starttls: bool = False) -> tuple[str, ...]:
+    """The 214 text of a bare HELP; STARTTLS is listed only when it is offered."""
+    names = " ".join(name for name in COMMAND_HELP if starttls or name != "STARTTLS")
     return (
         "Pigeon SMTP server; commands:",
         names,

@@ -83,6 +83,11 @@ def service_ready(hostname: str, banner: str = "ESMTP Pigeon") -> Reply:
     return Reply.of(220, f"{hostname} {banner}")
 
 
+# RFC 3207 section 4. Unlike the greeting, this 220 answers a command in an EHLO session, so
+# it carries an enhanced code like any other reply.
+READY_FOR_TLS = Reply.of(220, "Ready to start TLS", "2.0.0")
+
+
 def closing(hostname: str) -> Reply:
     return Reply.of(221, f"{hostname} Service closing transmission channel", "2.0.0")
 
@@ -125,6 +130,7 @@ def timeout(hostname: str) -> Reply:
     return Reply.of(421, f"{hostname} Timeout exceeded, closing transmission channel", "4.4.2")
 
 
+TLS_NOT_AVAILABLE = Reply.of(454, "TLS not available due to temporary reason", "4.7.0")
 MAILBOX_BUSY = Reply.of(450, "Mailbox busy, try again later", "4.2.1")
 LOCAL_ERROR = Reply.of(451, "Local error in processing; message not accepted, try again", "4.3.0")
 INSUFFICIENT_STORAGE = Reply.of(452, "Insufficient system storage, try again later", "4.3.1")

@@ -17,6 +17,19 @@ are answered here and never reach the program. A command that needs a decision (
 RCPT, DATA, VRFY, ...) comes out as an event with ``needs_reply``; until the program replies,
 ``next_event()`` returns ``PAUSED`` and pipelined commands wait in the buffer, so replies
 always leave in the order of the commands (RFC 2920).
+
+STARTTLS (RFC 3207), when the settings offer it, comes out as a ``StartTLS`` event. After
+``accept()`` (220) the core reads nothing: ``next_event()`` returns ``PAUSED`` and every byte
+the client sent after the command line is thrown away, never parsed, because a man in the
+middle can append plaintext commands there that would otherwise run as if they had come
+through TLS (CVE-2011-0411). Once the handshake is done the program calls ``tls_started()``
+and the session begins again at START, with nothing remembered of what came before::
+
+    event = conn.next_event()           # StartTLS
+    conn.accept()                       # 220 2.0.0 Ready to start TLS
+    transport.write(conn.data_to_send())
+    ...                                 # the TLS handshake, with reading paused
+    conn.tls_started()                  # EHLO again; STARTTLS now gets 503
 """
 
 from __future__ import annotations
@@ -39,6 +52,7 @@ from ._events import (
     MessageEnd,
     RcptTo,
     Reset,
+    StartTLS,
     Turn,
     Verify,
 )
@@ -52,7 +66,7 @@ from ._grammar import (
 )
 from ._help import COMMAND_HELP, command_list
 from ._replies import Reply
-from ._state import SEQUENCE, State, sequence_error
+from ._state import State, in_sequence, sequence_error
 
 __all__ = ["NEED_DATA", "PAUSED", "ServerConnection", "ServerSettings"]
 
@@ -71,7 +85,8 @@ PAUSED: Final = _Sentinel("PAUSED")
 """An event is waiting for the program's reply; nothing more is read until it comes."""
 
 # Commands that exist in other SMTP servers' vocabularies but that this server does not
-# offer: they get 502 "not implemented" rather than 500 "unrecognized".
+# offer: they get 502 "not implemented" rather than 500 "unrecognized". STARTTLS is among
+# them when the settings do not offer it.
 _NOT_OFFERED = frozenset({"STARTTLS", "AUTH", "BDAT", "ETRN", "ATRN", "VERB", "ONEX", "XCLIENT"})
 
 
@@ -94,6 +109,8 @@ class ServerSettings:
     pipelining: bool = True
     eightbitmime: bool = True
     enhanced_status_codes: bool = True
+    # STARTTLS (RFC 3207) is offered: listed in EHLO until TLS is active, and answered.
+    starttls: bool = False
 
 
 class ServerConnection:
@@ -101,9 +118,13 @@ class ServerConnection:
 
     _Handler = Callable[["ServerConnection", str, str], Event | None]
 
-    def __init__(self, settings: ServerSettings, *, client_address: str = "") -> None:
+    def __init__(
+        self, settings: ServerSettings, *, client_address: str = "", tls: bool = False
+    ) -> None:
+        """``tls``: the connection is encrypted from its first byte (implicit TLS, RFC 8314)."""
         self.settings = settings
         self.client_address = client_address
+        self.tls_active = tls
         self.state = State.GREETING
         self.helo_name = ""
         self.extended = False  # EHLO was accepted: ESMTP parameters and enhanced codes
@@ -119,7 +140,9 @@ class ServerConnection:
 
     # -- feeding and draining -----------------------------------------------------------------
     def receive_data(self, data: bytes) -> None:
-        if self.state is not State.CLOSED:
+        # In TLS, bytes are what the client sent after STARTTLS and before the handshake:
+        # never commands (the STARTTLS injection of CVE-2011-0411).
+        if self.state not in (State.CLOSED, State.TLS):
             self._in += data
 
     @property
@@ -143,7 +166,7 @@ class ServerConnection:
     @property
     def is_idle(self) -> bool:
         """Between commands, with nothing half-done: safe to close with 421."""
-        return self._pending is None and self.state not in (State.DATA, State.CLOSED)
+        return self._pending is None and self.state not in (State.DATA, State.TLS, State.CLOSED)
 
     # -- the program's side -------------------------------------------------------------------
     def start(self, refusal: Reply | None = None) -> None:
@@ -182,6 +205,8 @@ class ServerConnection:
                 if classic
                 else replies.START_MAIL_INPUT
             )
+        elif isinstance(event, StartTLS):
+            self.respond(replies.READY_FOR_TLS)
         else:
             raise RuntimeError(f"{type(event).__name__} has no standard positive reply")
 
@@ -231,12 +256,30 @@ class ServerConnection:
                 self.errors = 0
             self._reset_transaction()
             self.state = State.READY
+        elif isinstance(event, StartTLS) and reply.code == 220:
+            self.state = State.TLS
+            self._in.clear()  # pipelined after STARTTLS: discarded, never executed
         if reply.code == 421:
             self._close(reply)
         elif reply.code >= 500:
             self._error(reply)  # a refusal counts toward the error limit, as in Postfix
         else:
             self._emit(reply)
+
+    def tls_started(self) -> None:
+        """The TLS handshake that followed STARTTLS is done: start the session again.
+
+        RFC 3207 section 4.2: the server forgets everything it learnt from the client that
+        did not come from the TLS negotiation itself, so the client must say EHLO again."""
+        if self.state is not State.TLS:
+            raise RuntimeError("tls_started() without a STARTTLS answered 220")
+        self.tls_active = True
+        self.state = State.START
+        self.helo_name = ""
+        self.extended = False
+        self._in.clear()
+        self._discarding_long_line = False
+        self._reset_transaction()
 
     def abort(self, reply: Reply) -> None:
         """Say ``reply`` (a 421: timeout, shutdown) out of turn and close the session."""
@@ -252,6 +295,8 @@ class ServerConnection:
                 return PAUSED
             if self.state is State.GREETING:
                 return NEED_DATA  # early talkers wait for the greeting
+            if self.state is State.TLS:
+                return PAUSED  # the program is doing the TLS handshake
             if self.state is State.DATA:
                 return self._next_data_event()
             line = self._next_line()
@@ -317,16 +362,20 @@ class ServerConnection:
         verb, _, argument = line.partition(" ")
         verb = verb.upper()
         handler = self._HANDLERS.get(verb)
-        if handler is None:
+        if handler is None or (verb == "STARTTLS" and not self._offers_tls):
             if verb in _NOT_OFFERED:
                 self._error(replies.NOT_IMPLEMENTED)
             else:
                 self._error(replies.COMMAND_UNRECOGNIZED)
             return None
-        allowed = SEQUENCE.get(verb)
-        if allowed is not None and self.state not in allowed:
+        if not in_sequence(verb, self.state, tls_active=self.tls_active):
             self._error(
-                sequence_error(verb, self.state, recipients_refused=self._recipients_refused)
+                sequence_error(
+                    verb,
+                    self.state,
+                    recipients_refused=self._recipients_refused,
+                    tls_active=self.tls_active,
+                )
             )
             return None
         try:
@@ -426,10 +475,11 @@ class ServerConnection:
     def _on_help(self, verb: str, argument: str) -> Event | None:
         topic = argument.strip(" ").upper()
         if not topic:
-            self._emit(Reply(214, command_list(), "2.0.0"))
+            listed = self.settings.starttls and not self.tls_active  # as in the EHLO reply
+            self._emit(Reply(214, command_list(starttls=listed), "2.0.0"))
             return None
         text = COMMAND_HELP.get(topic)
-        if text is None:
+        if text is None or (topic == "STARTTLS" and not self._offers_tls):
             raise CommandError(
                 Reply.of(504, f"HELP: no such command {_printable(topic)}; try HELP", "5.5.4")
             )
@@ -445,6 +495,12 @@ class ServerConnection:
     def _on_turn(self, verb: str, argument: str) -> Event | None:
         self._no_argument(verb, argument)
         return Turn()
+
+    def _on_starttls(self, verb: str, argument: str) -> Event | None:
+        if argument.strip(" "):
+            # RFC 3207 section 4: "501 Syntax error (no parameters allowed)"
+            raise CommandError(replies.syntax("Syntax: STARTTLS takes no parameters"))
+        return StartTLS()
 
     _HANDLERS: ClassVar[dict[str, _Handler]] = {
         "HELO": _on_hello,
@@ -462,6 +518,7 @@ class ServerConnection:
         "VRFY": _on_vrfy,
         "EXPN": _on_vrfy,
         "TURN": _on_turn,
+        "STARTTLS": _on_starttls,
     }
 
     # -- DATA ---------------------------------------------------------------------------------
@@ -485,6 +542,11 @@ class ServerConnection:
         return event
 
     # -- helpers ------------------------------------------------------------------------------
+    @property
+    def _offers_tls(self) -> bool:
+        """STARTTLS is a command here: offered, or TLS active (where it gets 503)."""
+        return self.settings.starttls or self.tls_active
+
     def _parameters(self, text: str) -> dict[str, str | None]:
         parameters = parse_parameters(text)
         if parameters and not self.extended:
@@ -517,6 +579,9 @@ class ServerConnection:
             lines.append("SIZE")
         if self.settings.eightbitmime:
             lines.append("8BITMIME")
+        if self.settings.starttls and not self.tls_active:
+            # RFC 3207 section 4.2: never listed again once TLS is active.
+            lines.append("STARTTLS")
         if self.settings.enhanced_status_codes:
             lines.append("ENHANCEDSTATUSCODES")
         lines.append("HELP")

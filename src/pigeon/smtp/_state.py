@@ -4,6 +4,11 @@ RFC 5321 section 4.1.4 gives the order: a session opens with HELO or EHLO; a mai
 is MAIL, one or more RCPT, then DATA; RSET, HELO and EHLO abort a transaction; NOOP, HELP,
 VRFY, EXPN and QUIT may come at any time. SEND, SOML and SAML (RFC 821 section 3.5) start a
 transaction exactly as MAIL does.
+
+STARTTLS (RFC 3207) comes after EHLO and outside a transaction, once per session: after its
+220 the core is in TLS, reading nothing, until the program says the handshake is done; then
+the session starts again from START, having forgotten everything the client said before
+(section 4.2), and STARTTLS is out of sequence for the rest of it.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import enum
 from . import _replies as replies
 from ._replies import Reply
 
-__all__ = ["SEQUENCE", "State", "sequence_error"]
+__all__ = ["SEQUENCE", "State", "in_sequence", "sequence_error"]
 
 
 class State(enum.Enum):
@@ -23,6 +28,7 @@ class State(enum.Enum):
     MAIL = "mail"  # reverse-path accepted, no recipient yet
     RCPT = "rcpt"  # at least one recipient accepted
     DATA = "data"  # reading the message text
+    TLS = "tls"  # 220 sent to STARTTLS: nothing is read until the TLS handshake is done
     CLOSED = "closed"
 
 
@@ -46,11 +52,27 @@ SEQUENCE: dict[str, frozenset[State]] = {
     "VRFY": _ANY,
     "EXPN": _ANY,
     "TURN": frozenset({State.READY}),
+    "STARTTLS": frozenset({State.READY}),
 }
 
 
-def sequence_error(verb: str, state: State, *, recipients_refused: bool) -> Reply:
+def in_sequence(verb: str, state: State, *, tls_active: bool) -> bool:
+    if verb == "STARTTLS" and tls_active:
+        return False  # RFC 3207 section 4.2: one TLS negotiation per session
+    allowed = SEQUENCE.get(verb)
+    return allowed is None or state in allowed
+
+
+def sequence_error(
+    verb: str, state: State, *, recipients_refused: bool, tls_active: bool = False
+) -> Reply:
     """The 503 (or 554) reply for ``verb`` arriving in ``state``, saying what was expected."""
+    if verb == "STARTTLS":
+        if tls_active:
+            return replies.bad_sequence("TLS already active")
+        if state is State.START:
+            return replies.bad_sequence("Send EHLO first")
+        return replies.bad_sequence("Mail transaction in progress; send RSET first")
     if verb in ("MAIL", "SEND", "SOML", "SAML", "TURN"):
         if state is State.START:
             return replies.bad_sequence("Send HELO/EHLO first")
