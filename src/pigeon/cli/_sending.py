@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import ssl
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
+from email.message import EmailMessage
 from pathlib import Path
 
-from pigeon.client import SendResult, TLSMode
+import dns.asyncresolver
+
+from pigeon.client import SendError, SendResult, TLSMode, send_async
 from pigeon.config import ConfigError, parse_host_port
 
-__all__ = ["ServerOptions", "add_server_options", "print_results", "server_options"]
+from . import _exit
+
+__all__ = [
+    "ServerOptions",
+    "add_server_options",
+    "print_results",
+    "server_options",
+    "submit",
+]
 
 DEFAULT_SERVER = "localhost:25"
 
@@ -128,3 +141,49 @@ def print_results(result: SendResult, *, verbose: bool) -> None:
         if verbose or not recipient.accepted:
             stream = sys.stdout if recipient.accepted else sys.stderr
             print(recipient.describe(), file=stream)
+
+
+def submit(
+    program: str,
+    message: EmailMessage | bytes,
+    options: ServerOptions,
+    *,
+    sender: str,
+    verbose: bool,
+    recipients: Sequence[str] | None = None,
+    port: int | None = None,
+    mx: bool = False,
+    resolver: dns.asyncresolver.Resolver | None = None,
+    chunking: bool = False,
+) -> int:
+    """Send and report, per recipient; the exit status says how it went (sysexits.h)."""
+    try:
+        result = asyncio.run(
+            send_async(
+                message,
+                sender=sender,
+                recipients=recipients,
+                server=options.host,
+                port=options.port if port is None else port,
+                mx=mx,
+                resolver=resolver,
+                tls=options.tls,
+                ssl_context=options.ssl_context,
+                verify=options.verify,
+                username=options.username,
+                password=options.password,
+                allow_plaintext_auth=options.allow_plaintext_auth,
+                local_hostname=options.helo,
+                timeout=options.timeout,
+                chunking=chunking,
+                transcript=print_transcript if verbose else None,
+            )
+        )
+    except ValueError as error:
+        print(f"{program}: {error}", file=sys.stderr)
+        return _exit.USAGE
+    except SendError as error:
+        print(f"{program}: {error}", file=sys.stderr)
+        return _exit.TEMPORARY if error.temporary else _exit.UNAVAILABLE
+    print_results(result, verbose=verbose)
+    return _exit.for_result(result)

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
-from pigeon.client import Attachment, SendError, compose, send_async
+from pigeon.client import Attachment, compose
 from pigeon.config import ConfigError
 from pigeon.dns import make_resolver
 
 from . import _exit
-from ._sending import add_server_options, print_results, print_transcript, server_options
+from ._sending import add_server_options, server_options, submit
 
 __all__ = ["register"]
 
@@ -96,36 +95,21 @@ def run(args: argparse.Namespace) -> int:
         return _exit.NO_INPUT
     except ValueError as error:
         return _usage(str(error))
-    transcript = print_transcript if args.verbose else None
     try:
         resolver = make_resolver(tuple(args.resolver)) if args.resolver else None
-        result = asyncio.run(
-            send_async(
-                message,
-                sender=_address(args.sender),
-                server=options.host,
-                port=args.mx_port if args.mx else options.port,
-                mx=args.mx,
-                resolver=resolver,
-                tls=options.tls,
-                ssl_context=options.ssl_context,
-                verify=options.verify,
-                username=options.username,
-                password=options.password,
-                allow_plaintext_auth=options.allow_plaintext_auth,
-                local_hostname=options.helo,
-                timeout=options.timeout,
-                chunking=args.chunking,
-                transcript=transcript,
-            )
-        )
     except ValueError as error:
-        return _usage(str(error))
-    except SendError as error:
-        print(f"pigeon send: {error}", file=sys.stderr)
-        return _exit.TEMPORARY if error.temporary else _exit.UNAVAILABLE
-    print_results(result, verbose=args.verbose)
-    return _exit.for_result(result)
+        return _usage(f"--resolver: {error}")
+    return submit(
+        "pigeon send",
+        message,
+        options,
+        sender=_address(args.sender),
+        verbose=args.verbose,
+        port=args.mx_port if args.mx else None,
+        mx=args.mx,
+        resolver=resolver,
+        chunking=args.chunking,
+    )
 
 
 def _body(args: argparse.Namespace) -> str:

@@ -13,7 +13,6 @@ Installed also as ``sendmail``, so programs that run ``sendmail -t -i`` find it.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import email.utils
 import getpass
 import os
@@ -24,11 +23,11 @@ from email.parser import BytesParser
 from email.policy import SMTP
 from pathlib import Path
 
-from pigeon.client import SendError, envelope_recipients, send_async
+from pigeon.client import envelope_recipients
 from pigeon.config import ConfigError, load_config
 
 from . import _exit
-from ._sending import add_server_options, print_results, print_transcript, server_options
+from ._sending import add_server_options, server_options, submit
 
 __all__ = ["main", "register"]
 
@@ -129,34 +128,14 @@ def run(args: argparse.Namespace) -> int:
     if "Message-ID" not in message:
         message["Message-ID"] = email.utils.make_msgid(domain=sender.rpartition("@")[2] or None)
     del message["Bcc"]
-    transcript = print_transcript if args.verbose else None
-    try:
-        result = asyncio.run(
-            send_async(
-                message.as_bytes(policy=SMTP),
-                sender=sender,
-                recipients=recipients,
-                server=options.host,
-                port=options.port,
-                tls=options.tls,
-                ssl_context=options.ssl_context,
-                verify=options.verify,
-                username=options.username,
-                password=options.password,
-                allow_plaintext_auth=options.allow_plaintext_auth,
-                local_hostname=options.helo,
-                timeout=options.timeout,
-                transcript=transcript,
-            )
-        )
-    except ValueError as error:
-        print(f"sendmail: {error}", file=sys.stderr)
-        return _exit.USAGE
-    except SendError as error:
-        print(f"sendmail: {error}", file=sys.stderr)
-        return _exit.TEMPORARY if error.temporary else _exit.UNAVAILABLE
-    print_results(result, verbose=args.verbose)
-    return _exit.for_result(result)
+    return submit(
+        "sendmail",
+        message.as_bytes(policy=SMTP),
+        options,
+        sender=sender,
+        recipients=recipients,
+        verbose=args.verbose,
+    )
 
 
 def _local_server(config_path: Path | None) -> str | None:
