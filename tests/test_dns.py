@@ -17,6 +17,7 @@ import dns.query
 import dns.rcode
 import pytest
 
+from pigeon.config import ConfigError, check_resolvers
 from pigeon.dns import make_resolver, reverse_name
 from tests.dns_server import DNSServer, Query
 from tests.servers import ThreadedServer, make_config, read_maildir
@@ -200,3 +201,12 @@ def test_loopback_client_is_not_looked_up_by_the_server(
     message = email.message_from_bytes(raw, policy=email.policy.default)
     assert str(message["Received"]).startswith("from client.test (unknown [127.0.0.1])")
     assert dns_server.query_count == 0
+
+
+def test_system_is_an_explicit_choice() -> None:
+    # Reads /etc/resolv.conf (no query is sent); only when asked for by name.
+    resolver = make_resolver(("system",))
+    assert resolver is not None
+    assert check_resolvers(("system",), "resolver") == ("system",)
+    with pytest.raises(ConfigError, match="stands alone"):
+        check_resolvers(("system", "127.0.0.1:53"), "resolver")

@@ -234,7 +234,12 @@ def check_listen(text: str, where: str) -> str:
 
 
 def check_resolvers(servers: tuple[str, ...], where: str) -> tuple[str, ...]:
-    """DNS servers are addresses (a resolver cannot look up its own name), on one port."""
+    """DNS servers are addresses (a resolver cannot look up its own name), on one port; or
+    the single word "system", for the servers of /etc/resolv.conf."""
+    if "system" in servers:
+        if servers != ("system",):
+            raise ConfigError(f'{where}: "system" stands alone, not beside addresses')
+        return servers
     ports = set()
     for server in servers:
         try:

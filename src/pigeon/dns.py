@@ -1,7 +1,8 @@
 """DNS through the resolvers the administrator named, and no others.
 
 Pigeon never falls back to the machine's /etc/resolv.conf: with no ``resolver`` configured
-there are no lookups at all. That keeps tests (which start their own DNS server on loopback)
+there are no lookups at all, and ``resolver = ["system"]`` is how an administrator asks for
+the system's servers. That keeps tests (which start their own DNS server on loopback)
 and cautious deployments from leaking queries.
 """
 
@@ -22,9 +23,17 @@ __all__ = ["make_resolver", "reverse_name"]
 def make_resolver(
     servers: tuple[str, ...], *, timeout: float = 5.0
 ) -> dns.asyncresolver.Resolver | None:
-    """A resolver that asks exactly ``servers`` ("127.0.0.1:5353", "[::1]:53"), or None."""
+    """A resolver that asks exactly ``servers`` ("127.0.0.1:5353", "[::1]:53"), or None.
+
+    ``("system",)`` is the one way to use the machine's /etc/resolv.conf: an explicit choice
+    of the administrator, never a fallback."""
     if not servers:
         return None
+    if servers == ("system",):
+        system = dns.asyncresolver.Resolver(configure=True)
+        system.lifetime = timeout
+        system.timeout = timeout
+        return system
     resolver = dns.asyncresolver.Resolver(configure=False)
     nameservers = []
     ports = set()
