@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 
@@ -22,19 +23,27 @@ from .tls import SHUTDOWN_TIMEOUT, ServerTLS, handshake_timeout
 
 __all__ = ["ImplicitTLSListener"]
 
-# After accept() fails (EMFILE: out of file descriptors), wait before trying again, as
-# asyncio's own accept loop does, instead of spinning.
+# After accept() fails for want of resources (EMFILE: out of file descriptors), wait before
+# trying again, as asyncio's own server does, instead of spinning.
 _ACCEPT_BACKOFF = 1.0
+_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# Connections taken per wake-up, so that a flood does not starve the sessions.
+_ACCEPT_BATCH = 100
 
 
 class ImplicitTLSListener:
-    """Like an ``asyncio.Server``: ``sockets``, ``close()``, ``wait_closed()``."""
+    """Like an ``asyncio.Server``: ``sockets``, ``close()``, ``wait_closed()``.
+
+    Connections are accepted in a reader callback, as asyncio's own server does it, not by
+    awaiting ``sock_accept``: a cancelled await could drop a connection just accepted."""
 
     def __init__(self, listener: Listener, tls: ServerTLS, sock: socket.socket) -> None:
         self._listener = listener
         self._tls = tls
         self._sock = sock
-        self._accepting: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        self._serving = False
+        self._retry: asyncio.TimerHandle | None = None
         self._handshakes: dict[asyncio.Task[None], socket.socket] = {}
         self._started: set[socket.socket] = set()  # handed to connect_accepted_socket
 
@@ -49,27 +58,35 @@ class ImplicitTLSListener:
         )
         sock.setblocking(False)
         server = cls(listener, tls, sock)
-        accepting = asyncio.get_running_loop().create_task(server._accept())
-        # The socket is closed once nothing waits on it: closing a descriptor that the loop
-        # still polls is undefined in libuv (uvloop).
-        accepting.add_done_callback(lambda _: sock.close())
-        server._accepting = accepting
+        server._start_serving()
         return server
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
         return (self._sock,)
 
-    async def _accept(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
+    def _start_serving(self) -> None:
+        self._retry = None
+        if self._sock.fileno() >= 0:
+            self._serving = True
+            self._loop.add_reader(self._sock, self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(_ACCEPT_BATCH):
             try:
-                conn, peer = await loop.sock_accept(self._sock)
+                conn, peer = self._sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return  # nothing more waiting, or a client gone before we took it
             except OSError as error:
+                if error.errno not in _OUT_OF_RESOURCES:
+                    raise
                 event_at(logging.ERROR, "accept_failed", reason=str(error))
-                await asyncio.sleep(_ACCEPT_BACKOFF)
-                continue
-            task = loop.create_task(self._handshake(conn, peer))
+                self._loop.remove_reader(self._sock)
+                self._serving = False
+                self._retry = self._loop.call_later(_ACCEPT_BACKOFF, self._start_serving)
+                return
+            conn.setblocking(False)
+            task = self._loop.create_task(self._handshake(conn, peer))
             self._handshakes[task] = conn
             task.add_done_callback(self._done)
 
@@ -82,7 +99,6 @@ class ImplicitTLSListener:
         self._started.discard(conn)
 
     async def _handshake(self, conn: socket.socket, peer: tuple[str, int]) -> None:
-        loop = asyncio.get_running_loop()
         listener = self._listener
 
         def factory() -> Session:
@@ -90,8 +106,7 @@ class ImplicitTLSListener:
 
         self._started.add(conn)
         try:
-            conn.setblocking(False)
-            await loop.connect_accepted_socket(
+            await self._loop.connect_accepted_socket(
                 factory,
                 conn,
                 ssl=self._tls.context,  # the current one: reloads reach new connections
@@ -106,11 +121,16 @@ class ImplicitTLSListener:
 
     def close(self) -> None:
         """Accept no more connections; cut the handshakes under way."""
-        for task in (self._accepting, *self._handshakes):
-            if task is not None:
-                task.cancel()
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._serving:
+            self._loop.remove_reader(self._sock)
+            self._serving = False
+        self._sock.close()
+        for task in self._handshakes:
+            task.cancel()
 
     async def wait_closed(self) -> None:
-        tasks = [t for t in (self._accepting, *self._handshakes) if t is not None]
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*self._handshakes, return_exceptions=True)
