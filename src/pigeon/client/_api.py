@@ -60,19 +60,28 @@ async def send_async(
     """
     data, sender, recipients = _envelope(message, sender, recipients)
     if mx:
+        mx_port, mx_tls = port or 25, tls or "opportunistic"
+
+        def client_for(exchanger: str, address: str) -> SMTPClient:
+            return SMTPClient(
+                exchanger,
+                mx_port,
+                tls=mx_tls,
+                verify=verify,
+                ssl_context=ssl_context,
+                local_hostname=local_hostname,
+                timeout=timeout,
+                connect_to=address,
+                transcript=transcript,
+            )
+
         return await _send_mx(
             data,
             sender,
             recipients,
             resolver=resolver or dns.asyncresolver.Resolver(),
-            port=port or 25,
-            tls=tls or "opportunistic",
-            verify=verify,
+            client_for=client_for,
             chunking=chunking,
-            ssl_context=ssl_context,
-            local_hostname=local_hostname,
-            timeout=timeout,
-            transcript=transcript,
         )
     if server is None:
         raise ValueError("name a server, or send with mx=True")
@@ -135,41 +144,28 @@ def _check_address(address: str, *, allow_empty: bool) -> None:
         raise ValueError(f"not a valid address: {address!r} (expected local-part@domain)")
 
 
+# Makes the client for one exchanger (its name) at one of its addresses.
+ClientFactory = Callable[[str, str], SMTPClient]
+
+
 async def _send_mx(
     data: bytes,
     sender: str,
     recipients: Sequence[str],
     *,
     resolver: dns.asyncresolver.Resolver,
-    port: int,
-    tls: TLSMode,
-    verify: bool,
+    client_for: ClientFactory,
     chunking: bool,
-    ssl_context: ssl.SSLContext | None,
-    local_hostname: str | None,
-    timeout: float,
-    transcript: Transcript | None,
 ) -> SendResult:
     by_domain: dict[str, list[str]] = {}
     for recipient in recipients:
         by_domain.setdefault(recipient.rpartition("@")[2].lower(), []).append(recipient)
     results: dict[str, RecipientResult] = {}
     for domain, group in by_domain.items():
-        for result in await _send_domain(
-            data,
-            sender,
-            domain,
-            group,
-            resolver=resolver,
-            port=port,
-            tls=tls,
-            verify=verify,
-            chunking=chunking,
-            ssl_context=ssl_context,
-            local_hostname=local_hostname,
-            timeout=timeout,
-            transcript=transcript,
-        ):
+        sent = await _send_domain(
+            data, sender, domain, group, resolver=resolver, client_for=client_for, chunking=chunking
+        )
+        for result in sent:
             results[result.recipient] = result
     return SendResult(tuple(results[r] for r in recipients))
 
@@ -181,14 +177,8 @@ async def _send_domain(
     recipients: list[str],
     *,
     resolver: dns.asyncresolver.Resolver,
-    port: int,
-    tls: TLSMode,
-    verify: bool,
+    client_for: ClientFactory,
     chunking: bool,
-    ssl_context: ssl.SSLContext | None,
-    local_hostname: str | None,
-    timeout: float,
-    transcript: Transcript | None,
 ) -> list[RecipientResult]:
     def all_fail(code: int, status: str, text: str, server: str = "") -> list[RecipientResult]:
         return [RecipientResult(r, code, status, text, server) for r in recipients]
@@ -200,17 +190,7 @@ async def _send_domain(
     last_error = f"no address found for any mail exchanger of {domain}"
     for exchanger in exchangers:
         for address in await addresses_of(exchanger.host, resolver):
-            client = SMTPClient(
-                exchanger.host,
-                port,
-                tls=tls,
-                verify=verify,
-                ssl_context=ssl_context,
-                local_hostname=local_hostname,
-                timeout=timeout,
-                connect_to=address,
-                transcript=transcript,
-            )
+            client = client_for(exchanger.host, address)
             try:
                 await client.connect()
             except SendError as error:
