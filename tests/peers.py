@@ -43,6 +43,7 @@ __all__ = [
     "PeerConnection",
     "RecordingHandler",
     "ScriptedPeer",
+    "SinkAt",
     "SmtpSink",
     "TestCA",
     "Transcript",
@@ -357,6 +358,41 @@ class SmtpSink:
             ):
                 out.append(rest)
         return out
+
+
+class SinkAt(SmtpSink):
+    """smtp-sink on a given host and port, its ``-v`` log in ``log_path``."""
+
+    def __init__(self, log_path: Path, host: str, port: int, *options: str) -> None:
+        super().__init__(log_path, *options)
+        self.host, self.wanted = host, port
+
+    def __enter__(self) -> SinkAt:
+        assert SMTP_SINK is not None
+        user = ["-u", "root"] if os.geteuid() == 0 else []
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [SMTP_SINK, *user, "-v", *self.options, f"{self.host}:{self.wanted}", "100"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.port = self.wanted
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"smtp-sink stopped: {self.log()}"
+            try:
+                with socket.create_connection((self.host, self.port), timeout=1) as probe:
+                    probe.settimeout(2)
+                    if probe.recv(100)[:1].isdigit():  # any greeting, even a refusal
+                        return self
+            except OSError:
+                time.sleep(0.02)
+        self.__exit__(None, None, None)
+        raise AssertionError(f"smtp-sink did not start: {self.log()}")
+
+    def sessions(self) -> int:
+        """Connections that said EHLO (the start-up probe never does)."""
+        return sum(1 for command in self.commands() if command.upper().startswith("EHLO"))
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

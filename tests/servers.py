@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import trustme
 
-from pigeon.config import Config, DomainConfig, Limits, ListenerConfig, TLSConfig
+from pigeon.config import Config, DomainConfig, Limits, ListenerConfig, TLSConfig, WebConfig
 from pigeon.server import Server
 
 T = TypeVar("T")
@@ -55,6 +55,8 @@ def make_config(data_dir: Path, **overrides: object) -> Config:
         listen=(listener,),
         domains={"example.test": DomainConfig(users=("alice", "bob"))},
         limits=Limits(min_free_disk=0),
+        # No web UI unless a test asks for one: port 8025 is not the tests' to take.
+        web=WebConfig(enabled=False),
     )
     return replace(config, **overrides)  # type: ignore[arg-type]
 
@@ -99,10 +101,17 @@ class ThreadedServer:
     """A Pigeon server on its own event loop in a background thread: uvloop when it is
     installed, as ``pigeon serve`` runs, unless ``uvloop=False`` asks for asyncio's own."""
 
-    def __init__(self, config: Config, *, uvloop: bool = True, outbound_port: int = 25) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        uvloop: bool = True,
+        outbound_port: int = 25,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
         self._uvloop = uvloop
-        self._server = Server(config, outbound_port=outbound_port)
+        self._server = Server(config, outbound_port=outbound_port, clock=clock)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None

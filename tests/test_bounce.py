@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pigeon.bounce import Action, RecipientStatus, build_dsn
 from pigeon.delivery import DeliveryResult, MaildirAgent, MaildirItem, Outcome
-from pigeon.queue import Envelope, Scheduler, Spool
+from pigeon.queue import Envelope, QueueIndex, Scheduler, Spool
 from tests.servers import read_maildir
 
 ORIGINAL = (
@@ -119,6 +119,7 @@ async def run_queue(root: Path, sender: str, recipients: tuple[str, ...]) -> Non
     await spool.open()
     scheduler = Scheduler(
         spool,
+        index=QueueIndex(root / "queue.db"),
         local_agent=FailingAgent(hostname="mx.example.test"),
         find_maildir=lambda r: root / "mail" / r.partition("@")[0],
         reporting_mta="mx.example.test",
@@ -163,6 +164,7 @@ def test_a_double_bounce_to_a_failing_postmaster_is_dropped(tmp_path: Path) -> N
         await spool.open()
         scheduler = Scheduler(
             spool,
+            index=QueueIndex(tmp_path / "queue.db"),
             local_agent=FailingAgent(hostname="mx.example.test"),
             find_maildir=lambda r: tmp_path / "mail" / r.partition("@")[0],
             postmaster="fail-postmaster@example.test",
@@ -201,6 +203,7 @@ async def run_aged(root: Path, age: float) -> None:
     arrival = time.time()
     scheduler = Scheduler(
         spool,
+        index=QueueIndex(root / "queue.db"),
         local_agent=DeferringAgent(hostname="mx.example.test"),
         find_maildir=lambda r: root / "mail" / r.partition("@")[0],
         reporting_mta="mx.example.test",

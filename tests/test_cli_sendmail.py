@@ -244,3 +244,27 @@ def test_server_from_the_environment(server: ThreadedServer) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert len(mailbox(server, "alice")) == 1
+
+
+def test_dsn_options_ask_for_a_success_report(server: ThreadedServer) -> None:
+    """sendmail's -N, -R and -V (RFC 3461), as Postfix's sendmail takes them."""
+    result = sendmail(
+        server.port, "-f", BOB, "-N", "success", "-R", "hdrs", "-V", "order 42", ALICE
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(mailbox(server, "alice")) == 1
+    ((raw, report),) = mailbox(server, "bob")
+    assert report["Subject"] == "Successful Mail Delivery Report"
+    assert b"Original-Envelope-Id: order 42" in raw
+    assert b"Original-Recipient: rfc822; alice@example.test" in raw
+    assert b"Action: delivered" in raw
+    assert b"Hello." not in raw  # -R hdrs: the header only
+
+
+def test_bad_dsn_options_are_usage_errors(server: ThreadedServer) -> None:
+    result = sendmail(server.port, "-N", "never,success", ALICE)
+    assert result.returncode == 64
+    assert "notify" in result.stderr
+    result = sendmail(server.port, "-R", "body", ALICE)
+    assert result.returncode == 64
+    assert "ret" in result.stderr

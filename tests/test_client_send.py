@@ -25,6 +25,7 @@ from pigeon.client import (
     send_async,
     to_bytes,
 )
+from pigeon.config import ExtensionsConfig
 from tests.peers import SMTP_SINK, ScriptedPeer, SmtpSink, Transcript, esmtp_script
 from tests.servers import ThreadedServer, make_config, read_maildir, wait_for
 
@@ -218,17 +219,33 @@ def test_7bit_message_is_not_declared_8bit(server: ThreadedServer) -> None:
     assert "BODY=" not in mail
 
 
-def test_chunking_requested_but_not_offered_falls_back_to_data(server: ThreadedServer) -> None:
+def test_chunking_requested_but_not_offered_falls_back_to_data(tmp_path: Path) -> None:
+    config = make_config(tmp_path / "data")
+    config = replace(config, extensions=ExtensionsConfig(chunking=False, binarymime=False))
     transcript = Transcript()
     message = compose(sender=SENDER, to=[ALICE], text="no chunks here\n")
+    with ThreadedServer(config) as server:
+        result = send(
+            message, server="127.0.0.1", port=server.port, chunking=True, transcript=transcript
+        )
+        assert result.all_accepted
+        assert "CHUNKING" not in " ".join(transcript.received)
+        assert "DATA" in transcript.commands()
+        assert "BDAT" not in transcript.commands()
+        assert len(mailbox(server, "alice")) == 1
+
+
+def test_chunking_offered_by_pigeon_is_used(server: ThreadedServer) -> None:
+    transcript = Transcript()
+    message = compose(sender=SENDER, to=[ALICE], text="in chunks\n")
     result = send(
         message, server="127.0.0.1", port=server.port, chunking=True, transcript=transcript
     )
     assert result.all_accepted
-    assert "CHUNKING" not in " ".join(transcript.received)
-    assert "DATA" in transcript.commands()
-    assert "BDAT" not in transcript.commands()
+    assert "BDAT" in transcript.commands()
+    assert "DATA" not in transcript.commands()
     assert len(mailbox(server, "alice")) == 1
+    assert b"in chunks" in mailbox(server, "alice")[0]
 
 
 def test_send_async_from_a_running_loop(server: ThreadedServer) -> None:

@@ -11,12 +11,19 @@ from typing import Any
 import pytest
 
 from pigeon.config import (
+    AuthConfig,
     Config,
     ConfigError,
+    DirectoryConfig,
     DomainConfig,
+    ExtensionsConfig,
     Limits,
+    ListConfig,
     ListenerConfig,
+    OdmrConfig,
+    QueueConfig,
     TLSConfig,
+    UserConfig,
     load_config,
     parse_host_port,
 )
@@ -61,6 +68,17 @@ def test_example_file_names_every_setting_and_no_other() -> None:
         assert set(domain) == field_names(DomainConfig)
     assert set(raw["limits"]) == field_names(Limits)
     assert set(raw["tls"]) == field_names(TLSConfig)
+    assert set(raw["extensions"]) == field_names(ExtensionsConfig)
+    assert set(raw["auth"]) == field_names(AuthConfig)
+    assert set(raw["queue"]) == field_names(QueueConfig)
+    assert set(raw["directory"]) == field_names(DirectoryConfig)
+    for user in raw["users"].values():
+        assert set(user) == field_names(UserConfig)
+    for mailing_list in raw["lists"].values():
+        assert set(mailing_list) == field_names(ListConfig)
+    for held in raw["odmr"].values():
+        assert set(held) == field_names(OdmrConfig)
+    assert raw["aliases"]
 
 
 def test_example_file_shows_the_defaults() -> None:
@@ -73,6 +91,12 @@ def test_example_file_shows_the_defaults() -> None:
     assert config.resolver == defaults.resolver
     assert config.data_dir.name == defaults.data_dir.name
     assert config.tls == defaults.tls
+    assert config.extensions == defaults.extensions
+    assert config.auth == defaults.auth
+    assert config.queue == defaults.queue
+    assert config.directory == defaults.directory
+    (user,) = config.users.values()
+    assert (user.quota, user.forward, user.moved_to) == (0, (), "")
 
 
 # -- defaults ---------------------------------------------------------------------------------
@@ -88,7 +112,8 @@ def test_defaults_are_a_local_catch_all_server_relaying_for_nobody() -> None:
     listener = config.listen[0]
     assert listener.address == "127.0.0.1:2525"
     assert listener.host_port == ("127.0.0.1", 2525)
-    assert (listener.compat, listener.vrfy, listener.expn) == ("rfc5321", "hidden", "off")
+    assert (listener.compat, listener.vrfy, listener.expn) == ("rfc5321", "auto", "auto")
+    assert (listener.vrfy_policy, listener.expn_policy) == ("hidden", "off")
     assert listener.bare_line_ends == "reject"
     assert config.domains == {"localhost": DomainConfig(users=(), catch_all=True)}
     assert config.trusted_networks == ()
@@ -441,3 +466,14 @@ def test_key_may_live_in_the_certificate_file(tmp_path: Path) -> None:
     config = load_text(tmp_path, '[tls]\ncertificate = "both.pem"\n')
     assert config.tls.certificate == tmp_path / "both.pem"
     assert config.tls.key is None
+
+
+def test_extensions_table_is_strict(tmp_path: Path) -> None:
+    config = load_text(tmp_path, "[extensions]\nsmtputf8 = false\n")
+    assert config.extensions == ExtensionsConfig(smtputf8=False)
+    with pytest.raises(ConfigError, match=r"extensions\.chunking: expected true or false"):
+        load_text(tmp_path, '[extensions]\nchunking = "yes"\n')
+    with pytest.raises(ConfigError, match=r"unknown setting extensions\.turn"):
+        load_text(tmp_path, "[extensions]\nturn = true\n")
+    with pytest.raises(ConfigError, match=r"extensions\.binarymime: needs"):
+        load_text(tmp_path, "[extensions]\nchunking = false\n")

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from pigeon.delivery import DeliveryResult, MaildirAgent, MaildirItem, Outcome
-from pigeon.queue import Envelope, Scheduler, Spool
+from pigeon.queue import Envelope, QueueIndex, Scheduler, Spool
 
 
 class CountingAgent(MaildirAgent):
@@ -37,7 +37,12 @@ async def deliver_all(tmp_path: Path, agent: CountingAgent, count: int) -> Spool
     await spool.open()
     maildir = tmp_path / "mail" / "alice"
     scheduler = Scheduler(
-        spool, local_agent=agent, find_maildir=lambda r: maildir, concurrency=1, retry_base=3600
+        spool,
+        index=QueueIndex(tmp_path / "queue.db"),
+        local_agent=agent,
+        find_maildir=lambda r: maildir,
+        concurrency=1,
+        retry_base=3600,
     )
     for n in range(count):
         writer = spool.new_message()

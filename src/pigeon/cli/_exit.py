@@ -8,10 +8,14 @@ OK = 0
 USAGE = 64  # the command was used wrongly (a bad address, a missing argument)
 DATA_ERROR = 65  # the input message is unusable
 NO_INPUT = 66  # an input file does not exist or cannot be read
+NO_USER = 67  # the user named is unknown
 UNAVAILABLE = 69  # a permanent failure: trying again will not help
 SOFTWARE = 70
 OS_ERROR = 71
+CANT_CREATE = 73  # the thing to create exists already
 TEMPORARY = 75  # EX_TEMPFAIL: try again later
+PROTOCOL = 76  # the remote side broke the protocol
+NO_PERMISSION = 77  # the credentials were refused
 CONFIG = 78
 
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from pigeon import __version__
 
-from . import send, sendmail, serve, tls
+from . import directory, fetch, queue, send, sendmail, serve, tls, user, watch, web
 
 __all__ = ["main"]
 
@@ -21,6 +21,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     send.register(commands)
     sendmail.register(commands)
     tls.register(commands)
+    queue.register(commands)
+    user.register(commands)
+    watch.register(commands)
+    fetch.register(commands)
+    directory.register(commands)
+    web.register(commands)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dns.asyncresolver
 
-from pigeon.client import SendError, SendResult, TLSMode, send_async
+from pigeon.client import DsnRequest, SendError, SendResult, TLSMode, send_async
 from pigeon.config import ConfigError, parse_host_port
 
 from . import _exit
@@ -71,7 +71,9 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept a TLS certificate that fails verification (unsafe)",
     )
-    group.add_argument("--user", help="authenticate as this user (AUTH PLAIN or LOGIN)")
+    group.add_argument(
+        "--user", help="authenticate as this user (AUTH SCRAM-SHA-256, PLAIN or LOGIN)"
+    )
     group.add_argument(
         "--password-file", type=Path, help="read the password from this file (first line)"
     )
@@ -131,6 +133,29 @@ def server_options(args: argparse.Namespace, default: str | None = None) -> Serv
     )
 
 
+def add_dsn_options(parser: argparse.ArgumentParser, *, sendmail: bool = False) -> None:
+    """Delivery status notifications (RFC 3461), by sendmail's letters or by name."""
+    notify, ret, envid = ("-N", "-R", "-V") if sendmail else ("--notify", "--ret", "--envid")
+    parser.add_argument(
+        notify,
+        dest="dsn_notify",
+        metavar="EVENTS",
+        help="when to be told: never, or success,failure,delay (default: the server's, "
+        "usually failure,delay)",
+    )
+    parser.add_argument(
+        ret, dest="dsn_ret", metavar="full|hdrs", help="return the whole message or its header"
+    )
+    parser.add_argument(envid, dest="dsn_envid", metavar="ID", help="your id for this message")
+
+
+def dsn_request(args: argparse.Namespace) -> DsnRequest | None:
+    """From the options of add_dsn_options; raises ValueError naming a bad value."""
+    if args.dsn_notify is None and args.dsn_ret is None and args.dsn_envid is None:
+        return None
+    return DsnRequest.parse(args.dsn_notify, args.dsn_ret, args.dsn_envid)
+
+
 def print_transcript(direction: str, line: str) -> None:
     print(f"{direction}{line}", file=sys.stderr)
 
@@ -155,6 +180,7 @@ def submit(
     mx: bool = False,
     resolver: dns.asyncresolver.Resolver | None = None,
     chunking: bool = False,
+    dsn: DsnRequest | None = None,
 ) -> int:
     """Send and report, per recipient; the exit status says how it went (sysexits.h)."""
     try:
@@ -176,6 +202,7 @@ def submit(
                 local_hostname=options.helo,
                 timeout=options.timeout,
                 chunking=chunking,
+                dsn=dsn,
                 transcript=print_transcript if verbose else None,
             )
         )

@@ -13,7 +13,7 @@ from pigeon.config import ConfigError
 from pigeon.dns import make_resolver
 
 from . import _exit
-from ._sending import add_server_options, server_options, submit
+from ._sending import add_dsn_options, add_server_options, dsn_request, server_options, submit
 
 __all__ = ["register"]
 
@@ -63,6 +63,7 @@ def register(commands: Any) -> None:
         action="store_true",
         help="send with BDAT (RFC 3030) when the server offers CHUNKING",
     )
+    add_dsn_options(parser)
     add_server_options(parser)
     parser.set_defaults(run=run)
 
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         html = args.html.read_text() if args.html else None
         attachments = [Attachment.from_path(path) for path in args.attach]
         headers = dict(_header(h) for h in args.header)
+        dsn = dsn_request(args)
         message = compose(
             sender=args.sender,
             to=args.to,
@@ -109,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         mx=args.mx,
         resolver=resolver,
         chunking=args.chunking,
+        dsn=dsn,
     )
 
 

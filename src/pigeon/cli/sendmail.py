@@ -27,7 +27,7 @@ from pigeon.client import envelope_recipients
 from pigeon.config import ConfigError, load_config
 
 from . import _exit
-from ._sending import add_server_options, server_options, submit
+from ._sending import add_dsn_options, add_server_options, dsn_request, server_options, submit
 
 __all__ = ["main", "register"]
 
@@ -75,6 +75,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         "-o", dest="options", action="append", default=[], help=argparse.SUPPRESS
     )  # sendmail's -oXXX options, accepted
     parser.add_argument("recipients", nargs="*", help="recipient addresses")
+    add_dsn_options(parser, sendmail=True)
     add_server_options(parser)
 
 
@@ -128,6 +129,11 @@ def run(args: argparse.Namespace) -> int:
     if "Message-ID" not in message:
         message["Message-ID"] = email.utils.make_msgid(domain=sender.rpartition("@")[2] or None)
     del message["Bcc"]
+    try:
+        dsn = dsn_request(args)
+    except ValueError as error:
+        print(f"sendmail: {error}", file=sys.stderr)
+        return _exit.USAGE
     return submit(
         "sendmail",
         message.as_bytes(policy=SMTP),
@@ -135,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         sender=sender,
         recipients=recipients,
         verbose=args.verbose,
+        dsn=dsn,
     )
 
 

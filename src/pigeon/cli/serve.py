@@ -215,7 +215,7 @@ def _banner(
         print(f"pigeon: listening on {shown}{_TLS_SHOWN[tls]}", flush=True)
     if config.tls.certificate is not None:
         print(f"pigeon: TLS certificate {config.tls.certificate}", flush=True)
-    directory = Directory(config.domains, mail_root=config.mail_dir)
+    directory = Directory.from_config(config)
     for line in directory.describe():
         print(f"pigeon: mail for {line}", flush=True)
     processes = "1 process" if workers == 1 else f"{workers} worker processes"

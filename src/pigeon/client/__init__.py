@@ -15,6 +15,7 @@ one connection open for several messages. Errors are described in ``pigeon.clien
 
 from ._api import send, send_async
 from ._compose import Attachment, compose, envelope_recipients, make_7bit, to_bytes
+from ._dsn import DsnRequest
 from ._errors import AuthError, ConnectError, ProtocolError, SendError, TimeoutError_, TLSError
 from ._mx import MailExchanger, MXError, resolve_mx
 from ._results import RecipientResult, SendResult
@@ -24,6 +25,7 @@ __all__ = [
     "Attachment",
     "AuthError",
     "ConnectError",
+    "DsnRequest",
     "MXError",
     "MailExchanger",
     "ProtocolError",

@@ -19,6 +19,7 @@ import dns.asyncresolver
 from pigeon.smtp import parse_mailbox
 
 from ._compose import envelope_recipients, to_bytes
+from ._dsn import DsnRequest
 from ._errors import SendError
 from ._mx import MXError, addresses_of, resolve_mx
 from ._results import RecipientResult, SendResult
@@ -48,6 +49,7 @@ async def send_async(
     local_hostname: str | None = None,
     timeout: float = 60.0,
     chunking: bool = False,
+    dsn: DsnRequest | None = None,
     transcript: Transcript | None = None,
 ) -> SendResult:
     """Send one message; the result says, per recipient, whether it was accepted.
@@ -82,6 +84,7 @@ async def send_async(
             resolver=resolver or dns.asyncresolver.Resolver(),
             client_for=client_for,
             chunking=chunking,
+            dsn=dsn,
         )
     if server is None:
         raise ValueError("name a server, or send with mx=True")
@@ -100,7 +103,9 @@ async def send_async(
         transcript=transcript,
     )
     async with client:
-        return await client.send(data, sender=sender, recipients=recipients, chunking=chunking)
+        return await client.send(
+            data, sender=sender, recipients=recipients, chunking=chunking, dsn=dsn
+        )
 
 
 def _synchronous(function: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, R]:
@@ -156,6 +161,7 @@ async def _send_mx(
     resolver: dns.asyncresolver.Resolver,
     client_for: ClientFactory,
     chunking: bool,
+    dsn: DsnRequest | None,
 ) -> SendResult:
     by_domain: dict[str, list[str]] = {}
     for recipient in recipients:
@@ -163,7 +169,14 @@ async def _send_mx(
     results: dict[str, RecipientResult] = {}
     for domain, group in by_domain.items():
         sent = await _send_domain(
-            data, sender, domain, group, resolver=resolver, client_for=client_for, chunking=chunking
+            data,
+            sender,
+            domain,
+            group,
+            resolver=resolver,
+            client_for=client_for,
+            chunking=chunking,
+            dsn=dsn,
         )
         for result in sent:
             results[result.recipient] = result
@@ -179,6 +192,7 @@ async def _send_domain(
     resolver: dns.asyncresolver.Resolver,
     client_for: ClientFactory,
     chunking: bool,
+    dsn: DsnRequest | None,
 ) -> list[RecipientResult]:
     def all_fail(code: int, status: str, text: str, server: str = "") -> list[RecipientResult]:
         return [RecipientResult(r, code, status, text, server) for r in recipients]
@@ -201,7 +215,7 @@ async def _send_domain(
                 continue
             try:
                 sent = await client.send(
-                    data, sender=sender, recipients=recipients, chunking=chunking
+                    data, sender=sender, recipients=recipients, chunking=chunking, dsn=dsn
                 )
             except SendError as error:
                 await client.close()

@@ -14,13 +14,15 @@ import contextlib
 import ipaddress
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Literal
 
+from pigeon.auth import ScramClient, ScramError
 from pigeon.smtp import ClientConnection, Extensions, Reply, ReplyError
 
 from ._compose import make_7bit, needs_8bit
+from ._dsn import DsnRequest
 from ._errors import AuthError, ConnectError, ProtocolError, SendError, TimeoutError_, TLSError
 from ._results import RecipientResult, SendResult
 
@@ -106,14 +108,7 @@ class SMTPClient:
                 "connect", f"cannot connect to {self.server}: {error.strerror or error}"
             ) from None
         self.encrypted = context is not None
-        self.greeting = await self._reply("greeting")
-        if self.greeting.code != 220:
-            raise SendError(
-                "greeting",
-                f"{self.server} refused the session: {self.greeting}",
-                temporary=self.greeting.code < 500,
-            )
-        await self._hello()
+        await self._greeted()
         if self.tls in ("starttls", "opportunistic") and not self.encrypted:
             if "STARTTLS" in self.extensions:
                 await self._starttls()
@@ -123,6 +118,45 @@ class SMTPClient:
                 )
         if self._username is not None:
             await self._authenticate()
+
+    async def _greeted(self) -> None:
+        """Read the greeting and say EHLO (HELO to an old server)."""
+        self.greeting = await self._reply("greeting")
+        if self.greeting.code != 220:
+            raise SendError(
+                "greeting",
+                f"{self.server} refused the session: {self.greeting}",
+                temporary=self.greeting.code < 500,
+            )
+        await self._hello()
+
+    async def take_over(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Be the client on a connection the peer opened, once the roles have reversed (ATRN,
+        RFC 2645 section 5.3): read the greeting it now sends, and say EHLO. No STARTTLS or
+        AUTH: whatever the connection had before the turn, it keeps.
+
+        On failure the connection is closed before the error is raised."""
+        self._reader, self._writer = reader, writer
+        self.encrypted = writer.get_extra_info("ssl_object") is not None
+        try:
+            await self._greeted()
+        except BaseException:
+            await self.close(abort=True)
+            raise
+
+    async def command(self, line: str) -> Reply:
+        """Send one command that this client has no method for (ATRN, ETRN, VRFY...) and
+        return its reply."""
+        return await self._command(line.split(" ", 1)[0].upper(), self._conn.verb(line))
+
+    def detach(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Hand the connection over (after ATRN's 250 the peer is the client now); this
+        client forgets it."""
+        if self._reader is None or self._writer is None:
+            raise ProtocolError("detach", "not connected")
+        reader, writer = self._reader, self._writer
+        self._reader = self._writer = None
+        return reader, writer
 
     async def _hello(self) -> None:
         reply = await self._command("EHLO", self._conn.ehlo(self.local_hostname))
@@ -167,7 +201,11 @@ class SMTPClient:
                 temporary=False,
             )
         mechanisms = self.extensions.auth_mechanisms
-        if "PLAIN" in mechanisms:
+        if "SCRAM-SHA-256" in mechanisms:
+            # Preferred: the password never crosses the wire, and the server proves it
+            # knows it too.
+            reply = await self._scram(username, password)
+        elif "PLAIN" in mechanisms:
             token = _b64(f"\0{username}\0{password}")
             reply = await self._command("AUTH", self._conn.auth("PLAIN", token), secret=True)
             if reply.code == 334:  # a server that wants the response on its own line
@@ -193,6 +231,36 @@ class SMTPClient:
                 f"{self.server} refused the credentials: {reply}",
                 temporary=reply.code < 500,
             )
+
+    async def _scram(self, username: str, password: str) -> Reply:
+        """SCRAM-SHA-256 (RFC 7677): client-first as the initial response, client-final in
+        answer to the server-first, then the server's signature is checked: in a last 334
+        (answered with an empty line, RFC 4954 section 4) or, from a lenient server, in 235."""
+        try:
+            scram = ScramClient(username, password)
+        except ScramError as error:
+            raise AuthError("AUTH", str(error), temporary=False) from None
+        reply = await self._command(
+            "AUTH", self._conn.auth("SCRAM-SHA-256", _b64(scram.first())), secret=True
+        )
+        if reply.code != 334:
+            return reply
+        try:
+            final = scram.final(_unb64(reply.text))
+            reply = await self._command("AUTH", self._conn.auth_continue(_b64(final)), secret=True)
+            if reply.code == 334:
+                scram.verify(_unb64(reply.text))
+                reply = await self._command("AUTH", self._conn.auth_continue(""), secret=True)
+            elif reply.code == 235:
+                raise ScramError("the server accepted without proving it knows the password")
+        except ScramError as error:
+            if not self._conn.closed and reply.code == 334:
+                # Leave the exchange cleanly before giving up on this server.
+                await self._command("AUTH", self._conn.auth_continue("*"), secret=True)
+            raise AuthError(
+                "AUTH", f"{self.server}: SCRAM-SHA-256 failed: {error}", temporary=False
+            ) from None
+        return reply
 
     async def quit(self) -> None:
         if self._writer is None:
@@ -243,12 +311,33 @@ class SMTPClient:
 
     # -- one message --------------------------------------------------------------------------
     async def send(
-        self, message: bytes, *, sender: str, recipients: Sequence[str], chunking: bool = False
+        self,
+        message: bytes,
+        *,
+        sender: str,
+        recipients: Sequence[str],
+        chunking: bool = False,
+        requiretls: bool = False,
+        mail_parameters: Mapping[str, str | None] | None = None,
+        recipient_parameters: Sequence[Mapping[str, str | None]] | None = None,
+        dsn: DsnRequest | None = None,
     ) -> SendResult:
-        """Send ``message`` (RFC 5322 bytes) from ``sender`` to ``recipients``."""
+        """Send ``message`` (RFC 5322 bytes) from ``sender`` to ``recipients``.
+
+        Non-ASCII addresses go with SMTPUTF8 (RFC 6531), or, when the server does not offer
+        it, are refused here with 553 5.6.7. ``requiretls`` asks the server to pass the
+        message on over TLS only (RFC 8689; the caller checks that REQUIRETLS is offered).
+        ``mail_parameters`` and ``recipient_parameters`` (one mapping per recipient) add
+        ESMTP parameters, such as RFC 3461's RET/ENVID and NOTIFY/ORCPT; the caller checks
+        that the server offers their extension. ``dsn`` asks for delivery notifications
+        (RFC 3461) where the server offers DSN, and is left out where it does not."""
         if not recipients:
             raise ValueError("no recipients")
         ext = self.extensions
+        utf8 = not sender.isascii() or not all(r.isascii() for r in recipients)
+        if utf8 and "SMTPUTF8" not in ext:
+            text = f"{self.server} does not offer SMTPUTF8, which non-ASCII addresses need"
+            return self._all(recipients, Reply.of(553, text, "5.6.7"))
         if self._messages_sent:
             reply = await self._command("RSET", self._conn.rset())
             if reply.code != 250:
@@ -268,12 +357,28 @@ class SMTPClient:
             return self._all(recipients, Reply.of(552, text, "5.3.4"))
         if "SIZE" in ext:
             parameters["SIZE"] = str(size)
+        if utf8:
+            parameters["SMTPUTF8"] = None
+        if requiretls:
+            parameters["REQUIRETLS"] = None
+        parameters.update(mail_parameters or {})
+        if recipient_parameters is not None and len(recipient_parameters) != len(recipients):
+            raise ValueError("recipient_parameters needs one mapping per recipient")
+        rcpt_parameters = list(recipient_parameters or [{}] * len(recipients))
+        if dsn is not None and "DSN" in ext:
+            parameters.update(dsn.mail_parameters())
+            rcpt_parameters = [
+                {**p, **dsn.rcpt_parameters(r)}
+                for r, p in zip(recipients, rcpt_parameters, strict=True)
+            ]
         use_bdat = chunking and "CHUNKING" in ext
         pipelining = "PIPELINING" in ext
 
         if pipelining:
             batch = [self._conn.mail(sender, parameters)]
-            batch += [self._conn.rcpt(r) for r in recipients]
+            batch += [
+                self._conn.rcpt(r, p) for r, p in zip(recipients, rcpt_parameters, strict=True)
+            ]
             if not use_bdat:
                 batch.append(self._conn.data())
             await self._write(b"".join(batch), stage="MAIL")
@@ -284,7 +389,10 @@ class SMTPClient:
             mail = await self._command("MAIL", self._conn.mail(sender, parameters))
             if mail.code != 250:
                 return self._all(recipients, mail)
-            rcpt_replies = [await self._command("RCPT", self._conn.rcpt(r)) for r in recipients]
+            rcpt_replies = [
+                await self._command("RCPT", self._conn.rcpt(r, p))
+                for r, p in zip(recipients, rcpt_parameters, strict=True)
+            ]
             accepted_any = any(200 <= r.code < 300 for r in rcpt_replies)
             data = None
             if accepted_any and not use_bdat:
@@ -410,8 +518,16 @@ class SMTPClient:
         return context
 
 
-def _b64(text: str) -> str:
-    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+def _b64(text: str | bytes) -> str:
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text.strip(), validate=True)
+    except ValueError:  # binascii.Error is one
+        raise ScramError("the server's challenge is not base64") from None
 
 
 def _is_loopback(host: str) -> bool:

@@ -49,3 +49,11 @@ class DeliveryResult:
     # for a bounce. For a remote hop, ``detail`` carries the remote server's reply.
     status: str
     detail: str
+    # The server that gave the reply, for a remote hop ("mx.remote.test"), and whether it
+    # took the RFC 3461 notification duty along with the message (it offered DSN and was
+    # given NOTIFY): then this hop sends no success notice of its own.
+    remote_mta: str = ""
+    dsn_passed_on: bool = False
+    # The address was an alias, a forward or a list: a new message went to its targets
+    # (RFC 3464's "expanded").
+    expanded: bool = False

@@ -60,7 +60,7 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Final
 
@@ -207,6 +207,13 @@ class SmtpAgent:
     def hostname(self) -> str:
         return self._hostname
 
+    def destination(self, domain: str) -> str:
+        """Which connection carries mail for ``domain``: every domain shares the relayhost's,
+        otherwise each domain has its own (the queue's per-destination lanes)."""
+        if self._relay is not None:
+            return f"[{self._relay.host}]:{self._relay.port}"
+        return domain.rstrip(".").lower()
+
     def session(self, domain: str) -> SmtpSession:
         """A session to ``domain``'s exchanger (or the relayhost) for several messages::
 
@@ -242,6 +249,16 @@ class SmtpSession:
         self._where = ""  # "mx.remote.test[192.0.2.7]", for details
         self._failure: _Failure | None = None  # the destination is unreachable this session
         self._lock = asyncio.Lock()
+        # REQUIRETLS (RFC 8689): the message being delivered asks for it; the connection
+        # was made for it (verified TLS, REQUIRETLS offered); the failure above was found
+        # while looking for such a connection.
+        self._require_tls = False
+        self._secure = False
+        self._failure_secure = False
+        # RFC 3461 requests of the message being delivered, passed on when the server
+        # offers DSN: RET and ENVID, and NOTIFY and ORCPT per recipient address.
+        self._dsn_mail: dict[str, str | None] = {}
+        self._dsn_rcpt: dict[str, dict[str, str | None]] = {}
 
     async def __aenter__(self) -> SmtpSession:
         return self
@@ -257,6 +274,7 @@ class SmtpSession:
     async def close(self, *, abort: bool = False) -> None:
         """QUIT (or, with ``abort``, just drop) the connection, if there is one."""
         client, self._client = self._client, None
+        self._secure = False
         if client is None:
             return
         if abort:
@@ -269,22 +287,30 @@ class SmtpSession:
             await client.close(abort=True)
 
     async def deliver(
-        self, recipients: Sequence[str], *, envelope: Envelope, body: bytes
+        self,
+        recipients: Sequence[str],
+        *,
+        envelope: Envelope,
+        body: bytes,
+        positions: Sequence[int] | None = None,
     ) -> list[DeliveryResult]:
-        """As ``SmtpAgent.deliver``, over this session's connection."""
+        """As ``SmtpAgent.deliver``, over this session's connection. ``positions`` are the
+        recipients' places in ``envelope.recipients`` (for their RCPT parameters)."""
         async with self._lock:
+            self._require_tls = _requires_tls(envelope)
+            self._dsn_mail, self._dsn_rcpt = _dsn_parameters(envelope, recipients, positions)
             return await self._deliver(list(recipients), envelope.sender, body)
 
     async def _deliver(
         self, recipients: list[str], sender: str, body: bytes
     ) -> list[DeliveryResult]:
         results: list[DeliveryResult | None] = [None] * len(recipients)
-        if sender and parse_mailbox(sender) is None:
+        if sender and parse_mailbox(sender, utf8=True) is None:
             detail = f"sender address <{_printable(sender)}> cannot be sent over SMTP"
             return [_result(r, Outcome.FAILED, "5.1.7", detail) for r in recipients]
         to_send: list[int] = []
         for position, recipient in enumerate(recipients):
-            if parse_mailbox(recipient) is None:
+            if parse_mailbox(recipient, utf8=True) is None:
                 detail = f"recipient address <{_printable(recipient)}> cannot be sent over SMTP"
                 results[position] = _result(recipient, Outcome.FAILED, "5.1.3", detail)
             else:
@@ -311,11 +337,14 @@ class SmtpSession:
         self, recipients: list[str], sender: str, body: bytes
     ) -> list[DeliveryResult]:
         for attempt in (1, 2):
-            if self._failure is not None:
+            if self._failure is not None and self._failure_secure == self._require_tls:
                 return self._failure.results(recipients)
+            if self._client is not None and self._require_tls and not self._secure:
+                await self.close()  # made without verifying: not good enough for this one
             reused = self._client is not None
             if self._client is None:
                 self._failure = await self._connect()
+                self._failure_secure = self._require_tls
                 if self._failure is not None:
                     return self._failure.results(recipients)
             client = self._client
@@ -351,10 +380,22 @@ class SmtpSession:
             return [r for r in results if r is not None]
         batch = [recipients[p] for p in positions]
         mark = self._conversation.mark()
-        sent = await client.send(body, sender=sender, recipients=batch)
+        dsn = "DSN" in client.extensions and bool(self._dsn_mail or self._dsn_rcpt)
+        sent = await client.send(
+            body,
+            sender=sender,
+            recipients=batch,
+            requiretls=self._require_tls,
+            mail_parameters=self._dsn_mail if dsn else None,
+            recipient_parameters=[self._dsn_rcpt.get(r, {}) for r in batch] if dsn else None,
+        )
         exchange = self._conversation.transaction(mark)
+        host = self._where.partition("[")[0]
         for index, (position, answer) in enumerate(zip(positions, sent.recipients, strict=True)):
-            results[position] = self._judge(answer, exchange, index)
+            result = self._judge(answer, exchange, index)
+            # The next hop took NOTIFY along: success reports are its to send now.
+            passed_on = dsn and "NOTIFY" in self._dsn_rcpt.get(answer.recipient, {})
+            results[position] = replace(result, remote_mta=host, dsn_passed_on=passed_on)
         return [r for r in results if r is not None]
 
     def _judge(self, answer: RecipientResult, exchange: _Exchange, index: int) -> DeliveryResult:
@@ -516,13 +557,17 @@ class SmtpSession:
         """Connect to ``address``; on success the session keeps the client."""
         agent = self._agent
         tls = tls or target.tls
+        secure = self._require_tls
+        if secure and tls in ("opportunistic", "off"):
+            # RFC 8689 section 4.2.1: TLS, with the certificate verified, or no delivery.
+            tls = "starttls"
         conversation = _Conversation()
         client = SMTPClient(
             target.host,
             target.port,
             tls=tls,
             ssl_context=agent._ssl_context,
-            verify=agent._verify,
+            verify=agent._verify or secure,
             username=target.username,
             password=target.password,
             local_hostname=agent._hostname,
@@ -539,9 +584,27 @@ class SmtpSession:
                 # Opportunistic TLS: a server whose TLS is broken still gets the mail, in
                 # plain text, on a new connection (the old one is in an unknown state).
                 return await self._try(target, address, "off")
-            return _connect_failure(client, error, tls)
+            failure = _connect_failure(client, error, tls)
+            if secure and isinstance(error, TLSError):
+                return _no_requiretls(f"{where}: {failure.detail}")
+            return failure
+        if secure and "REQUIRETLS" not in client.extensions:
+            await client.quit()
+            return _no_requiretls(f"{where} does not offer REQUIRETLS")
         self._client, self._conversation, self._where = client, conversation, where
+        self._secure = secure
         return None
+
+
+def _requires_tls(envelope: Envelope) -> bool:
+    return any(keyword == "REQUIRETLS" for keyword, _value in envelope.mail_parameters)
+
+
+def _no_requiretls(detail: str) -> _Failure:
+    """A peer that cannot take a REQUIRETLS message: try again later, and at the end of the
+    queue lifetime return it (RFC 8689 section 4.2.1; 5.7.30 is "REQUIRETLS support
+    required", section 6)."""
+    return _Failure(Outcome.DEFERRED, "4.7.30", f"REQUIRETLS: {detail}")
 
 
 def _connect_failure(client: SMTPClient, error: SendError, tls: TLSMode) -> _Failure:
@@ -688,6 +751,25 @@ def _printable(text: str) -> str:
     if len(cleaned) > _MAX_REPLY_TEXT:
         cleaned = cleaned[: _MAX_REPLY_TEXT - 3] + "..."
     return cleaned
+
+
+def _dsn_parameters(
+    envelope: Envelope, recipients: Sequence[str], positions: Sequence[int] | None
+) -> tuple[dict[str, str | None], dict[str, dict[str, str | None]]]:
+    """The RFC 3461 parameters to pass on: RET and ENVID of MAIL, NOTIFY and ORCPT of each
+    recipient (by address), as they were received (ENVID and ORCPT stay in xtext)."""
+    mail = {k: v for k, v in envelope.mail_parameters if k in ("RET", "ENVID")}
+    rcpt: dict[str, dict[str, str | None]] = {}
+    if positions is not None:
+        for recipient, position in zip(recipients, positions, strict=True):
+            wanted: dict[str, str | None] = {
+                key: value
+                for key in ("NOTIFY", "ORCPT")
+                if (value := envelope.recipient_parameter(position, key)) is not None
+            }
+            if wanted:
+                rcpt[recipient] = wanted
+    return mail, rcpt
 
 
 def _result(recipient: str, outcome: Outcome, status: str, detail: str) -> DeliveryResult:

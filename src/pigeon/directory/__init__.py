@@ -4,6 +4,19 @@ The directory answers questions about addresses and knows nothing of SMTP: turni
 user" into a 550 is the policy's job.
 """
 
-from ._directory import Directory, Mailbox
+from ._directory import Alias, Directory, Forward, Mailbox, MailingList, Moved, Route
+from ._names import canonical_address
+from ._store import DirectoryStore, DirectoryStoreError
 
-__all__ = ["Directory", "Mailbox"]
+__all__ = [
+    "Alias",
+    "Directory",
+    "DirectoryStore",
+    "DirectoryStoreError",
+    "Forward",
+    "Mailbox",
+    "MailingList",
+    "Moved",
+    "Route",
+    "canonical_address",
+]

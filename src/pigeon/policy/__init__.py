@@ -1,9 +1,20 @@
-"""Who may do what: relaying, address verification, and the answers that go with them.
+"""Who may do what: relaying, sender addresses, address verification, and the answers that
+go with them.
 
 A check returns ``None`` to let a command through, or the reply that refuses it.
 """
 
+from ._limits import ClientLimits, CommandRate, RateLimiter
 from ._relay import RelayPolicy
-from ._verify import VerifyPolicy
+from ._sender import check_sender_login
+from ._verify import EXPN_LIMIT, VerifyPolicy
 
-__all__ = ["RelayPolicy", "VerifyPolicy"]
+__all__ = [
+    "EXPN_LIMIT",
+    "ClientLimits",
+    "CommandRate",
+    "RateLimiter",
+    "RelayPolicy",
+    "VerifyPolicy",
+    "check_sender_login",
+]

@@ -3,7 +3,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from pigeon.directory import Directory
+from pigeon.delivery.local_checks import MailboxUsage, is_locked
+from pigeon.directory import Directory, Forward, Mailbox, MailingList, Moved
 from pigeon.smtp import Address, Reply, replies
 
 __all__ = ["RelayPolicy"]
@@ -18,14 +19,25 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class RelayPolicy:
-    """Decides RCPT: our domains take mail for their users; others only from trusted clients.
+    """Decides RCPT: our domains take mail for their users; others only from trusted clients
+    and authenticated users.
 
     ``trusted_networks`` is empty by default, loopback included: a fresh server relays for
     nobody until its administrator says so.
     """
 
-    def __init__(self, directory: Directory, trusted_networks: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        directory: Directory,
+        trusted_networks: Iterable[str] = (),
+        *,
+        held_domains: Iterable[str] = (),
+    ) -> None:
         self._directory = directory
+        # Domains held for on-demand relay ([odmr]): taken from anyone, as a backup MX takes
+        # its primary's mail, and kept until their owner fetches it with ATRN.
+        self._held = frozenset(d.lower() for d in held_domains)
+        self._usage = MailboxUsage()
         self._trusted: tuple[IPNetwork, ...] = tuple(
             ipaddress.ip_network(n, strict=False) for n in trusted_networks
         )
@@ -48,7 +60,18 @@ class RelayPolicy:
             return Address("postmaster", domain)
         return recipient
 
-    def check_recipient(self, recipient: Address, client_ip: str) -> Reply | None:
+    def check_recipient(
+        self,
+        recipient: Address,
+        client_ip: str,
+        *,
+        authenticated: bool = False,
+        sender: str | None = None,
+        size: int = 0,
+    ) -> Reply | None:
+        """None: accept with 250. A positive reply (251, "will forward"): accept with it.
+        Anything else: the refusal. ``sender`` is MAIL's reverse-path ("" for <>), ``size``
+        the size MAIL declared (0 if none), for mailing lists' posting rules and quotas."""
         address = str(recipient)
         if not recipient.domain:
             # A bare <postmaster> on a server with no domains of its own: nobody to take it.
@@ -56,9 +79,35 @@ class RelayPolicy:
         if self._directory.serves(recipient.domain):
             if _ROUTING_CHARACTERS.intersection(recipient.local_part):
                 return replies.relay_denied(address)
-            if self._directory.find(recipient.local_part, recipient.domain) is None:
-                return replies.no_such_user(address)
+            return self._local_recipient(recipient, sender, size)
+        if authenticated or self.is_trusted(client_ip):
             return None
-        if self.is_trusted(client_ip):
+        if recipient.domain.lower() in self._held:
+            if _ROUTING_CHARACTERS.intersection(recipient.local_part):
+                return replies.relay_denied(address)
             return None
         return replies.relay_denied(address)
+
+    def _local_recipient(self, recipient: Address, sender: str | None, size: int) -> Reply | None:
+        """RFC 5321 3.4 and 4.2.2: what the directory says of one of our addresses."""
+        address = str(recipient)
+        route = self._directory.route(recipient.local_part, recipient.domain)
+        if route is None:
+            return replies.no_such_user(address)
+        if isinstance(route, Moved):
+            return Reply.of(551, f"User not local; please try <{route.new_address}>", "5.1.6")
+        if isinstance(route, MailingList):
+            if sender is not None and not route.may_post(sender):
+                who = "its members" if route.posting == "members" else "its owner"
+                return Reply.of(550, f"<{address}>: only {who} may post to this list", "5.7.1")
+            return None
+        mailbox = route.mailbox if isinstance(route, Forward) else route
+        if isinstance(mailbox, Mailbox):
+            if is_locked(mailbox.path):
+                return Reply.of(450, f"<{address}>: mailbox busy, try again later", "4.2.1")
+            if mailbox.quota and self._usage.of(mailbox.path) + size >= mailbox.quota:
+                return Reply.of(552, f"<{address}>: mailbox full", "5.2.2")
+        if isinstance(route, Forward):
+            shown = ", ".join(f"<{t}>" for t in route.targets[:3])
+            return Reply.of(251, f"User not local; will forward to {shown}", "2.1.5")
+        return None

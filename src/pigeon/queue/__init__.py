@@ -6,6 +6,7 @@
 
 from .envelope import Envelope
 from .ids import new_queue_id
+from .index import QueueIndex, QueueIndexError, RecipientState
 from .scheduler import Scheduler
 from .spool import BodyReader, MessageWriter, Spool, SpooledMessage, SpoolError
 
@@ -13,6 +14,9 @@ __all__ = [
     "BodyReader",
     "Envelope",
     "MessageWriter",
+    "QueueIndex",
+    "QueueIndexError",
+    "RecipientState",
     "Scheduler",
     "Spool",
     "SpoolError",

@@ -10,7 +10,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Envelope"]
+from pigeon.smtp import xtext_decode
+
+__all__ = ["MAIL_MODES", "Envelope"]
+
+# How a message is to be delivered, after the command that began its transaction: "mail"
+# (MAIL: the mailbox), or RFC 821 section 3.5's "send" (the user's terminal only), "soml"
+# (the terminal if the user is logged on, else the mailbox) and "saml" (both).
+MAIL_MODES = ("mail", "send", "soml", "saml")
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +38,53 @@ class Envelope:
     body_type: str = "7BIT"
     received_at: float = 0.0
     mail_parameters: tuple[tuple[str, str | None], ...] = field(default=())
+    # The RCPT parameters of each recipient, in the order of ``recipients`` (empty: none).
+    recipient_parameters: tuple[tuple[tuple[str, str | None], ...], ...] = field(default=())
+    mode: str = "mail"  # one of MAIL_MODES
+
+    # -- RFC 3461 delivery status notification requests ----------------------------------
+    @property
+    def envelope_id(self) -> str | None:
+        """ENVID, decoded from xtext: the sender's own name for this transaction."""
+        value = self._mail_parameter("ENVID")
+        return None if value is None else xtext_decode(value)
+
+    @property
+    def return_headers_only(self) -> bool:
+        """RET=HDRS: a notification carries the original's header, not the whole message."""
+        return (self._mail_parameter("RET") or "").upper() == "HDRS"
+
+    def notify(self, position: int) -> frozenset[str]:
+        """NOTIFY of one recipient: a subset of SUCCESS, FAILURE, DELAY, or NEVER alone.
+
+        Without NOTIFY, RFC 3461 section 4.1 leaves it to the MTA; like Postfix, failures and
+        delays are reported and successes are not."""
+        value = self.recipient_parameter(position, "NOTIFY")
+        if value is None:
+            return _DEFAULT_NOTIFY
+        return frozenset(part.strip().upper() for part in value.split(","))
+
+    def original_recipient(self, position: int) -> str | None:
+        """ORCPT as a DSN shows it ("rfc822; user@example.org"), decoded from xtext."""
+        value = self.recipient_parameter(position, "ORCPT")
+        if value is None:
+            return None
+        kind, _, address = value.partition(";")
+        return f"{kind.strip()}; {xtext_decode(address.strip())}"
+
+    def recipient_parameter(self, position: int, keyword: str) -> str | None:
+        if position >= len(self.recipient_parameters):
+            return None
+        for key, value in self.recipient_parameters[position]:
+            if key == keyword:
+                return value
+        return None
+
+    def _mail_parameter(self, keyword: str) -> str | None:
+        for key, value in self.mail_parameters:
+            if key == keyword:
+                return value
+        return None
 
     def to_json(self) -> bytes:
         return json.dumps(
@@ -44,7 +98,12 @@ class Envelope:
                 "body_type": self.body_type,
                 "received_at": self.received_at,
                 "mail_parameters": [list(p) for p in self.mail_parameters],
-            },
+                "recipient_parameters": [
+                    [list(p) for p in parameters] for parameters in self.recipient_parameters
+                ],
+            }
+            # Written only when it is not plain mail: records stay as they were for MAIL.
+            | ({"mode": self.mode} if self.mode != "mail" else {}),
             ensure_ascii=False,
             separators=(",", ":"),
         ).encode("utf-8")
@@ -64,4 +123,13 @@ class Envelope:
             mail_parameters=tuple(
                 (str(k), None if v is None else str(v)) for k, v in raw.get("mail_parameters", [])
             ),
+            recipient_parameters=tuple(
+                tuple((str(k), None if v is None else str(v)) for k, v in parameters)
+                for parameters in raw.get("recipient_parameters", [])
+            ),
+            # Records from before SEND, SOML and SAML existed have no mode: plain mail.
+            mode=str(raw.get("mode", "mail")),
         )
+
+
+_DEFAULT_NOTIFY = frozenset({"FAILURE", "DELAY"})

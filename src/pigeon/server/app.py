@@ -14,22 +14,30 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pigeon.auth import UserStore
 from pigeon.config import Config, ConfigError, check_tls
 from pigeon.delivery import MaildirAgent
 from pigeon.delivery.smtp import SmtpAgent
-from pigeon.directory import Directory
+from pigeon.delivery.terminal import TerminalAgent, TerminalRegistry
+from pigeon.directory import Directory, DirectoryStore
 from pigeon.dns import make_resolver
 from pigeon.log import event as log
 from pigeon.log import event_at
 from pigeon.policy import RelayPolicy
-from pigeon.queue.scheduler import Scheduler
+from pigeon.queue.control import ControlListener
+from pigeon.queue.index import QueueIndex, QueueIndexError
+from pigeon.queue.scheduler import ResumeReport, Scheduler
 from pigeon.queue.spool import Spool
+from pigeon.web import WebService, start_web
 
 from .context import Listener, ServerContext
 from .implicit import ImplicitTLSListener
+from .odmr import held_router
+from .routes import directory_router
 from .session import Session
 from .tls import ServerTLS
 
@@ -52,9 +60,11 @@ class Server:
         adopt: Sequence[str] = (),
         reuse_port: bool = False,
         outbound_port: int = 25,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self._outbound_port = outbound_port  # other servers' SMTP port; 25 except in tests
+        self._clock = clock  # the queue's clock: retries and expiry (tests move it on)
         self.worker = worker
         self._adopt = tuple(adopt)
         self._reuse_port = reuse_port
@@ -68,6 +78,10 @@ class Server:
         self._stop_requested = asyncio.Event()
         self._tasks: set[asyncio.Task[bool]] = set()
         self._tls: ServerTLS | None = None
+        self._index: QueueIndex | None = None
+        self._directory_store: DirectoryStore | None = None
+        self._control: ControlListener | None = None
+        self.web: WebService | None = None  # the web UI, API and metrics (w0 only)
 
     @property
     def context(self) -> ServerContext:
@@ -79,24 +93,50 @@ class Server:
         # Raises ConfigError naming the setting; nothing has been opened yet.
         tls = ServerTLS(config.tls) if config.tls.certificate is not None else None
         self._tls = tls
+        relay_password = _relay_password(config.queue.relay_password_file)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         spool = Spool(config.spool_dir, worker=self.worker)
         await spool.open()
-        directory = Directory(config.domains, mail_root=config.mail_dir)
-
-        def find_maildir(recipient: str) -> Path | None:
-            local, _, domain = recipient.rpartition("@")
-            mailbox = directory.find(local, domain)
-            return None if mailbox is None else mailbox.path
+        users = UserStore(config.users_db)  # read on every AUTH: changes need no restart
+        # Read on every lookup too: aliases, lists and users edited with the CLI take effect
+        # at the next RCPT.
+        self._directory_store = DirectoryStore(config.directory_db)
+        directory = Directory.from_config(
+            config, store=self._directory_store, user_exists=users.exists
+        )
 
         resolver = make_resolver(config.resolver)
+        try:
+            index = QueueIndex(config.queue_index)
+        except QueueIndexError as error:
+            await spool.close()
+            raise ConfigError(f"{error}; pigeon queue check tells more") from None
+        self._index = index
+        queue = config.queue
         scheduler = Scheduler(
             spool,
+            index=index,
             local_agent=MaildirAgent(hostname=config.hostname),
-            find_maildir=find_maildir,
+            router=held_router(directory_router(directory), config.odmr),
+            hop_limit=config.directory.hop_limit,
+            quota_exceeded=config.directory.quota_exceeded,
+            terminal_agent=TerminalAgent(TerminalRegistry(config.data_dir)),
             remote_agent=SmtpAgent(
-                hostname=config.hostname, resolver=resolver, port=self._outbound_port
+                hostname=config.hostname,
+                resolver=resolver,
+                port=self._outbound_port,
+                relayhost=queue.relayhost or None,
+                relay_tls=queue.relay_tls,
+                relay_username=queue.relay_username or None,
+                relay_password=relay_password,
             ),
+            outbound_connections=queue.outbound_connections,
+            destination_concurrency=queue.destination_concurrency,
+            retry_base=queue.first_retry,
+            retry_max=queue.max_retry_interval,
+            max_lifetime=queue.lifetime,
+            delay_warning=queue.delay_warning,
+            clock=self._clock,
             reporting_mta=config.hostname,
             postmaster=(
                 f"postmaster@{directory.primary_domain}" if directory.primary_domain else None
@@ -105,27 +145,39 @@ class Server:
         self._context = ServerContext(
             config=config,
             directory=directory,
-            relay=RelayPolicy(directory, config.trusted_networks),
+            relay=RelayPolicy(directory, config.trusted_networks, held_domains=config.odmr),
             spool=spool,
             scheduler=scheduler,
             resolver=resolver,
             tls=tls,
+            users=users,
         )
         recovered = await spool.recover()
         scheduler.start()
-        for message in recovered:
-            scheduler.submit(message, recovered=True)
+        report = await scheduler.resume(recovered)
         self.recovered = len(recovered)
         for name in self._adopt:
             other = Spool(config.spool_dir, worker=name)
             await other.open()
             self._adopted.append(other)
             orphans = await other.recover()
-            for message in orphans:
-                scheduler.submit(message, recovered=True, spool=other)
+            # The index rows of that worker's messages are this worker's now.
+            await asyncio.to_thread(index.claim, name, self.worker)
+            adopted = await scheduler.resume(orphans, spool=other)
+            report = ResumeReport(
+                report.resumed + adopted.resumed,
+                report.finished + adopted.finished,
+                report.missing + adopted.missing,
+            )
             self.recovered += len(orphans)
-        if recovered:
-            log("recovered", messages=len(recovered))
+        if self.recovered:
+            log("recovered", messages=self.recovered, finished=report.finished)
+        if report.missing:
+            log("queue_missing", messages=len(report.missing), fix="pigeon queue check")
+        self._control = await ControlListener.open(
+            config.data_dir, self.worker, scheduler.apply_requests
+        )
+        await scheduler.apply_requests()  # what was asked while no server ran
 
         loop = asyncio.get_running_loop()
         for listener_config in config.listen:
@@ -161,6 +213,7 @@ class Server:
                     compat=listener_config.compat,
                     tls=listener.tls,
                 )
+        self.web = await start_web(self)
 
     async def reload_tls(self) -> bool:
         """Read the certificate and key again (SIGHUP). New sessions get the new context,
@@ -197,10 +250,20 @@ class Server:
             session.abort()
         for server in self._servers:
             await server.wait_closed()
+        if self.web is not None:
+            await self.web.stop()
+        if self._control is not None:
+            await self._control.close()
         await context.scheduler.stop()
         await context.spool.close()
+        if context.users is not None:
+            context.users.close()
         for other in self._adopted:
             await other.close()
+        if self._index is not None:
+            self._index.close()
+        if self._directory_store is not None:
+            self._directory_store.close()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
@@ -235,3 +298,14 @@ class Server:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(signum)
+
+
+def _relay_password(path: Path | None) -> str | None:
+    """The relayhost password: the first line of its file (kept out of the config file, so
+    the config can be readable by all and the password by the mail system alone)."""
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8").splitlines()[0]
+    except (OSError, UnicodeDecodeError, IndexError) as error:
+        raise ConfigError(f"queue.relay_password_file: cannot read {path}: {error}") from None

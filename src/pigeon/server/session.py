@@ -24,20 +24,27 @@ import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
+from pigeon import __version__, metrics, transcripts
 from pigeon.dns import reverse_name
 from pigeon.log import event as log
 from pigeon.log import event_at
+from pigeon.policy import CommandRate, check_sender_login
 from pigeon.queue.envelope import Envelope
 from pigeon.queue.spool import MessageWriter, SpoolError
 from pigeon.smtp import (
     NEED_DATA,
     PAUSED,
     Address,
+    Auth,
+    AuthAborted,
+    AuthResponse,
     ConnectionClosed,
     DataCommand,
+    Etrn,
     Event,
     Expand,
     Hello,
+    HelpStatus,
     MailFrom,
     MessageAborted,
     MessageData,
@@ -53,6 +60,10 @@ from pigeon.smtp import (
     replies,
 )
 
+from .auth import SessionAuth
+from .etrn import etrn_reply
+from .odmr import OnDemandRelay
+from .terminals import terminal_refusal
 from .tls import SHUTDOWN_TIMEOUT, describe, handshake_timeout
 
 if TYPE_CHECKING:
@@ -99,12 +110,20 @@ class Session(asyncio.Protocol):
         self._handshaking = False
         self._early: list[bytes] = []
         self.tls: str | None = None  # "TLSv1.3 with cipher ... (256/256 bits)" once active
+        self._auth: SessionAuth | None = None  # made at the first AUTH
+        # Abuse controls: the greeting held back (limits.greeting_delay), this connection
+        # counted against its address's limit, the command budget of commands_per_minute.
+        self._greeting: asyncio.TimerHandle | None = None
+        self._counted = False
+        self._command_rate: CommandRate | None = None
         self._reset()
 
     def _reset(self) -> None:
         self._sender: str | None = None
         self._mail_parameters: dict[str, str | None] = {}
         self._recipients: list[str] = []
+        self._recipient_parameters: list[tuple[tuple[str, str | None], ...]] = []
+        self._mode = "mail"  # or RFC 821's "send", "soml", "saml" (Envelope.mode)
         self._discard_writer()
 
     def _discard_writer(self) -> None:
@@ -123,11 +142,15 @@ class Session(asyncio.Protocol):
             self._client_ip = self._client_ip[7:]
         implicit = self._listener.implicit_tls
         conn = ServerConnection(
-            self._listener.smtp_settings, client_address=self._client_ip, tls=implicit
+            self._listener.settings_for(self._client_ip),
+            client_address=self._client_ip,
+            tls=implicit,
         )
         self._conn = conn
         context = self._context
         log("connect", session=self.id, client=f"{self._client_ip}:{self._client_port}")
+        metrics.SESSIONS_OPEN.inc()
+        self._transcript = transcripts.start(self.id, f"{self._client_ip}:{self._client_port}")
         if implicit:  # the handshake is done already (RFC 8314)
             self.tls = describe(self._transport.get_extra_info("ssl_object"))
             log("tls", session=self.id, client=self._client_ip, tls=self.tls)
@@ -137,16 +160,45 @@ class Session(asyncio.Protocol):
         elif len(context.sessions) >= context.config.limits.connections:
             refusal = replies.too_many_connections(context.config.hostname)
             log("refused", session=self.id, client=self._client_ip, reason="too many connections")
+            metrics.refused("connections")
+        elif not context.client_limits.open_connection(self._client_ip):
+            refusal = replies.too_many_connections_from(context.config.hostname, self._client_ip)
+            log(
+                "refused",
+                session=self.id,
+                client=self._client_ip,
+                reason="too many connections from this address",
+            )
+            metrics.refused("connections")
         else:
+            self._counted = True
             context.sessions.add(self)
         if refusal is not None:
             conn.start(refusal)
         else:
-            conn.start()
-            self._touch()
-            self._arm_timer()
+            limits = context.config.limits
+            if limits.commands_per_minute:
+                self._command_rate = CommandRate(limits.commands_per_minute)
+            delay = limits.greeting_delay
+            if delay and not context.relay.is_trusted(self._client_ip):
+                # As Postfix's postscreen: a client that talks before the greeting is not
+                # waiting for replies, which is what spam engines do (RFC 5321 3.1, 4.3.1).
+                self._greeting = asyncio.get_running_loop().call_later(delay, self._greet)
+            else:
+                self._greet()
             if context.resolver is not None:
                 self._spawn(self._look_up_client())
+        self._flush()
+
+    def _greet(self) -> None:
+        self._greeting = None
+        conn = self._conn
+        assert conn is not None
+        if self._lost or conn.state is not State.GREETING:
+            return  # gone, or turned away meanwhile (shutdown)
+        conn.start()
+        self._touch()
+        self._arm_timer()
         self._flush()
 
     def data_received(self, data: bytes) -> None:
@@ -158,6 +210,15 @@ class Session(asyncio.Protocol):
             # after it ended, before start_tls() returned: keep them for the new session.
             self._early.append(data)
             return
+        if self._greeting is not None:
+            self._greeting.cancel()
+            self._greeting = None
+            event_at(logging.WARNING, "early_talker", session=self.id, client=self._client_ip)
+            conn.start(replies.early_talker(self._context.config.hostname))
+            self._flush()
+            return
+        metrics.BYTES_IN.inc(len(data))
+        self._transcript.client(data)
         conn.receive_data(data)
         self._pump()
 
@@ -169,6 +230,13 @@ class Session(asyncio.Protocol):
         self._lost = True
         context = self._context
         context.sessions.discard(self)
+        metrics.SESSIONS_OPEN.dec()
+        self._transcript.end()
+        if self._greeting is not None:
+            self._greeting.cancel()
+        if self._counted:
+            self._counted = False
+            context.client_limits.close_connection(self._client_ip)
         if context.shutting_down and not context.sessions:
             context.drained.set()
         if self._timer is not None:
@@ -242,6 +310,8 @@ class Session(asyncio.Protocol):
     def _pump(self) -> None:
         conn = self._conn
         assert conn is not None
+        if self._command_rate is not None:
+            conn.command_budget = self._command_rate.grant(conn.command_budget)
         while not self._busy:
             if self._closing and conn.is_idle:
                 conn.abort(replies.shutting_down(self._context.config.hostname))
@@ -283,19 +353,32 @@ class Session(asyncio.Protocol):
                 result="refused",
                 reason=event.reply.text,
             )
+            metrics.refused("message")
             self._reset()
         elif isinstance(event, Reset):
             self._reset()
         elif isinstance(event, Verify):
-            conn.respond(self._listener.verify.verify(event.argument))
+            authenticated = self.auth_user is not None
+            conn.respond(self._listener.verify.verify(event.argument, authenticated=authenticated))
         elif isinstance(event, Expand):
-            conn.respond(self._listener.verify.expand(event.argument))
+            authenticated = self.auth_user is not None
+            conn.respond(self._listener.verify.expand(event.argument, authenticated=authenticated))
+        elif isinstance(event, HelpStatus):
+            conn.respond(self._status_reply())
         elif isinstance(event, Turn):
-            # TURN without authentication would hand this server's mail to anyone who asks
-            # (RFC 5321 section 4.1.1): not offered until authenticated ATRN exists.
-            conn.respond(replies.NOT_IMPLEMENTED)
+            self._busy = True  # the queue is read in a thread; then maybe the roles reverse
+            self._spawn(self._on_turn(event))
+        elif isinstance(event, Etrn):
+            self._busy = True
+            self._spawn(self._on_etrn(event))
         elif isinstance(event, StartTLS):
             self._on_starttls()
+        elif isinstance(event, Auth | AuthResponse):
+            self._busy = True  # the store is read in a thread; a failure waits its delay
+            self._spawn(self._authenticate(event))
+        elif isinstance(event, AuthAborted):
+            if self._auth is not None:
+                self._auth.cancelled()
         elif event.needs_reply:
             conn.respond(replies.NOT_IMPLEMENTED)
 
@@ -313,25 +396,67 @@ class Session(asyncio.Protocol):
     def _on_mail(self, event: MailFrom) -> None:
         conn = self._conn
         assert conn is not None
-        if event.verb != "MAIL":
-            # SEND, SOML and SAML need a user's terminal; they come with the directory issue.
-            conn.respond(replies.NOT_IMPLEMENTED)
+        if event.verb != "MAIL" and not self._listener.config.send_commands:
+            conn.respond(replies.NOT_IMPLEMENTED)  # obsolete (RFC 5321 4.1.1), off unless asked
             return
         if not self._context.has_free_disk():
             conn.respond(replies.INSUFFICIENT_STORAGE)
             log("refused", session=self.id, client=self._client_ip, reason="disk below floor")
+            metrics.refused("disk")
+            return
+        refusal = check_sender_login(
+            event.sender, self.auth_user, enforce=self._listener.config.sender_login_match
+        )
+        if refusal is not None:
+            conn.respond(refusal)
+            log("refused", session=self.id, client=self._client_ip, reply=str(refusal))
+            metrics.refused("sender")
+            return
+        if self._over_limits():
             return
         self._reset()
         self._sender = "" if event.sender is None else str(event.sender)
         self._mail_parameters = event.parameters
+        self._mode = event.verb.lower()
         conn.accept()
+
+    def _over_limits(self) -> bool:
+        """At MAIL: the session's message count and the client's (and user's) message rate.
+        True when MAIL was refused."""
+        conn = self._conn
+        assert conn is not None
+        context = self._context
+        per_session = context.config.limits.messages_per_session
+        if per_session and conn.messages >= per_session:
+            conn.respond(replies.too_many_messages(context.config.hostname))
+            log("refused", session=self.id, client=self._client_ip, reason="too many messages")
+            metrics.refused("rate")
+            return True
+        refusal = context.client_limits.check_message(self._client_ip, self.auth_user)
+        if refusal is not None:
+            conn.respond(refusal)
+            log("refused", session=self.id, client=self._client_ip, reply=str(refusal))
+            metrics.refused("rate")
+            return True
+        return False
 
     def _on_rcpt(self, event: RcptTo) -> None:
         conn = self._conn
         assert conn is not None
         policy = self._context.relay
         recipient = policy.canonical_recipient(event.recipient)
-        refusal = policy.check_recipient(recipient, self._client_ip)
+        declared = self._mail_parameters.get("SIZE") or "0"
+        verdict = policy.check_recipient(
+            recipient,
+            self._client_ip,
+            authenticated=self.auth_user is not None,
+            sender=self._sender,
+            size=int(declared) if declared.isdigit() else 0,
+        )
+        # A positive verdict is an acceptance with its own words (251 "will forward").
+        refusal = None if verdict is None or verdict.is_positive else verdict
+        if refusal is None and self._mode == "send":
+            refusal = terminal_refusal(self._context, recipient)
         if refusal is not None:
             conn.respond(refusal)
             log(
@@ -341,10 +466,15 @@ class Session(asyncio.Protocol):
                 to=f"<{recipient}>",
                 reply=str(refusal),
             )
+            metrics.refused("recipient")
             return
         # Domains are case-insensitive; local parts are kept as sent (RFC 5321 2.4).
         self._recipients.append(str(Address(recipient.local_part, recipient.domain.lower())))
-        conn.accept()
+        self._recipient_parameters.append(tuple(event.parameters.items()))
+        if verdict is None:
+            conn.accept()
+        else:
+            conn.respond(verdict)
 
     def _on_data(self) -> None:
         conn = self._conn
@@ -368,6 +498,9 @@ class Session(asyncio.Protocol):
             envelope = Envelope(
                 sender=self._sender or "",
                 recipients=tuple(self._recipients),
+                recipient_parameters=(
+                    tuple(self._recipient_parameters) if any(self._recipient_parameters) else ()
+                ),
                 client_address=self._client_ip,
                 client_name=self._client_name or "",
                 helo=conn.helo_name,
@@ -375,6 +508,7 @@ class Session(asyncio.Protocol):
                 body_type=str(self._mail_parameters.get("BODY") or "7BIT"),
                 received_at=time.time(),
                 mail_parameters=tuple(self._mail_parameters.items()),
+                mode=self._mode,
             )
             try:
                 stored = await self._context.spool.commit(writer, envelope)
@@ -403,11 +537,75 @@ class Session(asyncio.Protocol):
                 result="queued",
             )
             self._context.scheduler.submit(stored)
+            metrics.MESSAGES_ACCEPTED.inc()
         finally:
             self._reset()
             self._busy = False
             if self._transport is not None and not self._transport.is_closing():
                 self._pump()
+
+    async def _on_etrn(self, event: Etrn) -> None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            try:
+                reply = await etrn_reply(self._context, event)
+            except Exception as error:  # a bug: the client gets RFC 1985's "unable", not a hang
+                event_at(logging.ERROR, "etrn_error", session=self.id, reason=repr(error))
+                reply = Reply.of(458, f"Unable to queue messages for node {event.node}", "4.3.0")
+            if not conn.closed:
+                conn.respond(reply)
+        finally:
+            self._busy = False
+            if self._transport is not None and not self._transport.is_closing():
+                self._pump()
+
+    async def _on_turn(self, event: Turn) -> None:
+        """TURN and ATRN (RFC 2645): refused, or the roles reverse and this session delivers
+        the held mail of the client's domains over its connection, then ends."""
+        conn = self._conn
+        transport = self._transport
+        assert conn is not None
+        assert transport is not None
+        turn = OnDemandRelay(self._context, self.auth_user, session=self.id)
+        try:
+            try:
+                reply = await turn.prepare(event)
+            except Exception as error:  # a bug: RFC 2645's "unable now", not a hang
+                event_at(logging.ERROR, "atrn_error", session=self.id, reason=repr(error))
+                reply = Reply.of(451, "Unable to process ATRN request now", "4.3.0")
+            if conn.closed:
+                return
+            conn.respond(reply)
+            if reply.code != 250:
+                return
+            self._flush()
+            await turn.deliver(transport, client=self._client_ip)
+        finally:
+            turn.release()
+            self._busy = False
+            if conn.state is State.TURNED:
+                self._close()
+                self.connection_lost(None)  # the transport no longer calls this protocol
+            elif self._transport is not None and not self._transport.is_closing():
+                self._pump()
+
+    def _status_reply(self) -> Reply:
+        """HELP STATUS: RFC 821's 211 system status, for trusted and authenticated clients
+        only (the rest learn nothing of the server's load: 502)."""
+        context = self._context
+        if self.auth_user is None and not context.relay.is_trusted(self._client_ip):
+            return replies.NOT_IMPLEMENTED
+        scheduler = context.scheduler
+        uptime = int(time.monotonic() - context.started_at)
+        lines = (
+            f"{context.config.hostname} Pigeon {__version__} status",
+            f"uptime {uptime} seconds",
+            f"sessions {len(context.sessions)} open",
+            f"queue {scheduler.queued} messages, {scheduler.backlog} being delivered",
+            "End of status",
+        )
+        return Reply(211, lines, "2.0.0")
 
     # -- helpers ------------------------------------------------------------------------------
     def _received_header(self, queue_id: str) -> bytes:
@@ -432,13 +630,48 @@ class Session(asyncio.Protocol):
         return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
     def _protocol(self) -> str:
-        """The "with" of the Received line (RFC 3848: ESMTPS is ESMTP under TLS). The IANA
-        registry has no name for HELO under TLS; the "using" clause says it instead."""
+        """The "with" of the Received line (RFC 3848: ESMTPS is ESMTP under TLS, ESMTPA with
+        AUTH, ESMTPSA both). The IANA registry has no name for HELO under TLS; the "using"
+        clause says it instead."""
         conn = self._conn
         assert conn is not None
         if not conn.extended:
             return "SMTP"
+        if "SMTPUTF8" in self._mail_parameters:
+            # RFC 6531 section 3.7.5: UTF8SMTP, with S and A as ESMTP takes them.
+            tls = "S" if conn.tls_active else ""
+            return f"UTF8SMTP{tls}{'A' if self.auth_user is not None else ''}"
+        if self.auth_user is not None:
+            return "ESMTPSA" if conn.tls_active else "ESMTPA"
         return "ESMTPS" if conn.tls_active else "ESMTP"
+
+    @property
+    def auth_user(self) -> str | None:
+        """The authenticated user's address (lower case), or None. STARTTLS forgets it."""
+        conn = self._conn
+        if self._auth is None or conn is None or not conn.authenticated:
+            return None
+        return self._auth.user
+
+    async def _authenticate(self, event: Auth | AuthResponse) -> None:
+        conn = self._conn
+        assert conn is not None
+        if self._auth is None:
+            context = self._context
+            self._auth = SessionAuth(
+                context.users,
+                failure_delay=context.config.auth.failure_delay,
+                session=self.id,
+                client=self._client_ip,
+            )
+        try:
+            reply = await self._auth.step(event)
+            if not conn.closed:
+                conn.respond(reply)
+        finally:
+            self._busy = False
+            if self._transport is not None and not self._transport.is_closing():
+                self._pump()
 
     async def _look_up_client(self) -> None:
         self._client_name = await reverse_name(self._context.resolver, self._client_ip)
@@ -455,6 +688,8 @@ class Session(asyncio.Protocol):
             return
         out = conn.data_to_send()
         if out and not transport.is_closing():
+            metrics.BYTES_OUT.inc(len(out))
+            self._transcript.server(out)
             transport.write(out)
         if conn.state is State.CLOSED:
             self._close()
@@ -484,7 +719,7 @@ class Session(asyncio.Protocol):
         conn = self._conn
         assert conn is not None
         limits = self._context.config.limits
-        timeout = limits.data_timeout if conn.state is State.DATA else limits.command_timeout
+        timeout = limits.data_timeout if conn.in_message else limits.command_timeout
         if not timeout:
             return
         remaining = self._last_activity + timeout - time.monotonic()
@@ -504,7 +739,7 @@ class Session(asyncio.Protocol):
             self._arm_timer()
             return
         limits = self._context.config.limits
-        timeout = limits.data_timeout if conn.state is State.DATA else limits.command_timeout
+        timeout = limits.data_timeout if conn.in_message else limits.command_timeout
         if not self._busy and time.monotonic() - self._last_activity >= timeout:
             conn.abort(replies.timeout(self._context.config.hostname))
             log("timeout", session=self.id, client=self._client_ip, state=conn.state.value)

@@ -27,6 +27,7 @@ import time
 from dataclasses import replace
 from multiprocessing.process import BaseProcess
 
+from pigeon import metrics
 from pigeon.config import Config
 from pigeon.log import configure_logging
 from pigeon.log import event as log
@@ -114,8 +115,14 @@ class Supervisor:
         return plan
 
     def start(self, worker_config: Config) -> None:
-        # Before any worker exists, so that none misses a SIGHUP sent once the port is open.
+        # Before any worker exists, so that none misses a SIGHUP sent once the port is open,
+        # and a SIGTERM sent as soon as the banner shows stops the server cleanly rather
+        # than killing the supervisor before run() is reached.
         signal.signal(signal.SIGHUP, self._on_hangup)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        # Each worker counts into files there, so /metrics (served by w0) shows them all.
+        metrics.use_directory(self.config.data_dir)
         ready: list[multiprocessing.connection.Connection] = []
         for index, adopt in self._adoptions().items():
             ready.append(self._spawn(worker_config, index, adopt))
@@ -157,8 +164,6 @@ class Supervisor:
     def run(self) -> int:
         """Watch the workers until SIGTERM/SIGINT; restart any that dies. Returns the exit
         status: 0 after a clean stop."""
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, self._on_signal)
         started = {index: time.monotonic() for index in self._processes}
         while not self._stopping:
             sentinels = {p.sentinel: i for i, p in self._processes.items()}
@@ -170,6 +175,8 @@ class Supervisor:
                 process = self._processes[index]
                 process.join()
                 log("worker_exit", worker=worker_name(index), status=process.exitcode)
+                if process.pid is not None:
+                    metrics.forget_process(process.pid)
                 if time.monotonic() - started[index] < _RESTART_BACKOFF:
                     time.sleep(_RESTART_BACKOFF)
                 conn = self._spawn(self._worker_config, index, [])

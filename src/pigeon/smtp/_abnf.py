@@ -12,7 +12,9 @@ import re
 __all__ = [
     "ADDRESS_LITERAL",
     "DOMAIN",
+    "DOMAIN_UTF8",
     "DOT_STRING",
+    "DOT_STRING_UTF8",
     "ESMTP_KEYWORD",
     "ESMTP_VALUE",
     "QUOTED_STRING",
@@ -62,3 +64,24 @@ ADL_RE = re.compile(rf"@{DOMAIN}(?:,@{DOMAIN})*")
 # esmtp-param    = esmtp-keyword ["=" esmtp-value]
 ESMTP_PARAM_RE = re.compile(rf"(?P<keyword>{ESMTP_KEYWORD})(?:=(?P<value>{ESMTP_VALUE}))?")
 DOMAIN_RE = re.compile(DOMAIN)
+
+# RFC 6531 section 3.3 (SMTPUTF8) extends the grammar with UTF-8:
+#   sub-domain   =/ U-label
+#   atext        =/ UTF8-non-ascii
+#   qtextSMTP    =/ UTF8-non-ascii
+# Commands are decoded before they are parsed, so UTF8-non-ascii is any character above
+# U+007F here (the caller has refused controls and separators already). A U-label is
+# checked further by IDNA (``_idna.py``); the expression only finds where it is.
+_NON_ASCII = r"[^\x00-\x7f]"
+_SUB_DOMAIN_UTF8 = (
+    rf"(?:[A-Za-z0-9]|{_NON_ASCII})(?:(?:[A-Za-z0-9-]|{_NON_ASCII}){{0,61}}"
+    rf"(?:[A-Za-z0-9]|{_NON_ASCII}))?"
+)
+DOMAIN_UTF8 = rf"{_SUB_DOMAIN_UTF8}(?:\.{_SUB_DOMAIN_UTF8})*"
+_ATEXT_UTF8 = rf"(?:{_ATEXT}|{_NON_ASCII})"
+DOT_STRING_UTF8 = rf"{_ATEXT_UTF8}+(?:\.{_ATEXT_UTF8}+)*"
+QUOTED_STRING_UTF8 = rf'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|{_NON_ASCII}|\\[\x20-\x7e])*"'
+MAILBOX_UTF8_RE = re.compile(
+    rf"(?P<local>{DOT_STRING_UTF8}|{QUOTED_STRING_UTF8})"
+    rf"@(?P<domain>{DOMAIN_UTF8}|{ADDRESS_LITERAL})"
+)

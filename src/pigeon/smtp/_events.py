@@ -11,16 +11,21 @@ import re
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from ._abnf import DOT_STRING
+from ._abnf import DOT_STRING_UTF8
 from ._replies import Reply
 
 __all__ = [
     "Address",
+    "Auth",
+    "AuthAborted",
+    "AuthResponse",
     "ConnectionClosed",
     "DataCommand",
+    "Etrn",
     "Event",
     "Expand",
     "Hello",
+    "HelpStatus",
     "MailFrom",
     "MessageAborted",
     "MessageData",
@@ -32,7 +37,8 @@ __all__ = [
     "Verify",
 ]
 
-_DOT_STRING_RE = re.compile(DOT_STRING)
+# UTF-8 local parts (RFC 6531) are written as they are; only what needs quotes gets them.
+_DOT_STRING_RE = re.compile(DOT_STRING_UTF8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,14 +102,21 @@ class RcptTo(Event):
 
 @dataclass(frozen=True, slots=True)
 class DataCommand(Event):
-    """DATA with at least one accepted recipient: answer 354 (``accept()``) or refuse."""
+    """DATA with at least one accepted recipient: answer 354 (``accept()``) or refuse.
+
+    ``chunked``: the first BDAT of a transaction (RFC 3030) instead. ``accept()`` then says
+    nothing: the core reads the chunk, hands it out as ``MessageData`` and answers each chunk
+    itself, until the LAST one ends the message with ``MessageEnd``. A refusal is the reply
+    to that BDAT; its chunk is read and thrown away."""
 
     needs_reply: ClassVar[bool] = True
+    chunked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class MessageData(Event):
-    """A piece of the message text, dot-unstuffed, with CRLF line ends, in order."""
+    """A piece of the message text, in order: dot-unstuffed with CRLF line ends after DATA,
+    the octets exactly as sent after BDAT."""
 
     data: bytes
 
@@ -118,8 +131,8 @@ class MessageEnd(Event):
 
 @dataclass(frozen=True, slots=True)
 class MessageAborted(Event):
-    """The message ended but was refused by the core (size, line length, bare line ends).
-    The reply has been sent; drop what was stored of it."""
+    """The message ended but was refused by the core (size, line length, bare line ends), or
+    a BDAT transaction was given up. The reply has been sent; drop what was stored of it."""
 
     reply: Reply
 
@@ -151,8 +164,60 @@ class StartTLS(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class Turn(Event):
+class Auth(Event):
+    """AUTH (RFC 4954), offered, in sequence, naming a mechanism the settings list.
+
+    ``initial`` is the initial response, base64-decoded ("=" is the empty one), or None when
+    the client sent none. Answer with ``challenge()`` (334; the client's next line comes back
+    as ``AuthResponse``), ``respond()`` with 235 (authenticated), or refuse (535, 454...)."""
+
     needs_reply: ClassVar[bool] = True
+    mechanism: str  # upper case
+    initial: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResponse(Event):
+    """The client's answer to a 334 challenge, base64-decoded. Answered like ``Auth``."""
+
+    needs_reply: ClassVar[bool] = True
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AuthAborted(Event):
+    """The exchange ended without the program's say: the client cancelled it with "*"
+    (501 5.0.0) or sent malformed base64 (501 5.5.2). The reply has been sent."""
+
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
+class HelpStatus(Event):
+    """``HELP STATUS``: the program answers 211 (system status) to whom it trusts, and 502
+    to the rest."""
+
+    needs_reply: ClassVar[bool] = True
+
+
+@dataclass(frozen=True, slots=True)
+class Turn(Event):
+    """TURN (RFC 821), or ATRN (RFC 2645) with the domains it names (none: all the client's).
+    A positive reply reverses the roles: the core then reads nothing more."""
+
+    needs_reply: ClassVar[bool] = True
+    verb: Literal["TURN", "ATRN"] = "TURN"
+    domains: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Etrn(Event):
+    """``ETRN [@|#]node`` (RFC 1985): start delivering what is queued for ``node``. ``option``
+    is "" (that domain), "@" (it and its subdomains) or "#" (a queue named ``node``)."""
+
+    needs_reply: ClassVar[bool] = True
+    node: str
+    option: Literal["", "@", "#"] = ""
 
 
 @dataclass(frozen=True, slots=True)

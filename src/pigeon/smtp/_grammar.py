@@ -10,8 +10,9 @@ from __future__ import annotations
 import ipaddress
 
 from . import _replies as replies
-from ._abnf import ADL_RE, DOMAIN_RE, ESMTP_PARAM_RE, MAILBOX_RE
+from ._abnf import ADL_RE, DOMAIN_RE, ESMTP_PARAM_RE, MAILBOX_RE, MAILBOX_UTF8_RE
 from ._events import Address
+from ._idna import to_ascii_domain
 from ._replies import Reply
 
 __all__ = ["CommandError", "ParsedPath", "parse_parameters", "parse_path", "valid_domain"]
@@ -41,8 +42,12 @@ class ParsedPath:
         self.rest = rest
 
 
-def parse_path(argument: str, *, keyword: str, for_recipient: bool, classic: bool) -> ParsedPath:
-    """Parse ``FROM:<path> params`` (or ``TO:``); ``keyword`` is "FROM" or "TO"."""
+def parse_path(
+    argument: str, *, keyword: str, for_recipient: bool, classic: bool, utf8: bool = False
+) -> ParsedPath:
+    """Parse ``FROM:<path> params`` (or ``TO:``); ``keyword`` is "FROM" or "TO". With
+    ``utf8`` the address may hold UTF-8 (RFC 6531); whether it may be used is the caller's
+    decision, since it depends on the MAIL command's SMTPUTF8 parameter."""
     verb = "RCPT" if for_recipient else "MAIL"
     usage = replies.syntax(f"Syntax: {verb} {keyword}:<address> [parameters]")
     head, colon, tail = argument.partition(":")
@@ -88,22 +93,27 @@ def parse_path(argument: str, *, keyword: str, for_recipient: bool, classic: boo
         if not colon or not ADL_RE.fullmatch(adl):
             raise CommandError(bad)
         route = tuple(hop[1:] for hop in adl.split(","))
-    address = parse_mailbox(inner)
+    address = parse_mailbox(inner, utf8=utf8)
     if address is None:
         raise CommandError(bad)
     return ParsedPath(address, route, raw, rest)
 
 
-def parse_mailbox(text: str) -> Address | None:
-    """``Mailbox = Local-part "@" ( Domain / address-literal )``, or None if it is not one."""
-    match = MAILBOX_RE.fullmatch(text)
+def parse_mailbox(text: str, *, utf8: bool = False) -> Address | None:
+    """``Mailbox = Local-part "@" ( Domain / address-literal )``, or None if it is not one.
+
+    ``utf8`` takes RFC 6531's grammar: UTF-8 in the local part, U-labels in the domain."""
+    match = (MAILBOX_UTF8_RE if utf8 else MAILBOX_RE).fullmatch(text)
     if match is None:
         return None
     local, domain = match.group("local"), match.group("domain")
     if domain.startswith("[") and not _valid_address_literal(domain[1:-1]):
         return None
-    if not domain.startswith("[") and len(domain) > 255:
-        return None
+    if not domain.startswith("["):
+        # A U-label must be valid IDNA, and the name's length counts in A-labels.
+        ascii_domain = to_ascii_domain(domain)
+        if ascii_domain is None or len(ascii_domain) > 255:
+            return None
     if local.startswith('"'):
         local = _unquote(local)
     return Address(local, domain)

@@ -11,6 +11,7 @@ server commonly gives, so that the same condition always gets the same words.
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import dataclass
 
@@ -184,3 +185,67 @@ BARE_LINE_END_IN_DATA = Reply.of(
 )
 NUL_IN_DATA = Reply.of(554, "Message refused: NUL character in message text", "5.6.0")
 TRANSACTION_FAILED = Reply.of(554, "Transaction failed", "5.0.0")
+
+
+# ESMTP extensions: SMTPUTF8 (RFC 6531 section 3.7.4.1), BDAT (RFC 3030)
+NEEDS_SMTPUTF8 = Reply.of(553, "Non-ASCII addresses require SMTPUTF8", "5.6.7")
+BINARYMIME_NEEDS_BDAT = Reply.of(503, "BODY=BINARYMIME requires BDAT, not DATA", "5.5.1")
+
+
+def chunk_received(size: int) -> Reply:
+    return Reply.of(250, f"{size} octets received", "2.0.0")
+
+
+# Limits and abuse controls
+def too_many_connections_from(hostname: str, client: str) -> Reply:
+    return Reply.of(421, f"{hostname} Too many connections from {client}", "4.7.0")
+
+
+def too_many_messages(hostname: str) -> Reply:
+    return Reply.of(
+        421, f"{hostname} Too many messages in one session, closing transmission channel", "4.7.0"
+    )
+
+
+def too_many_commands(hostname: str) -> Reply:
+    return Reply.of(421, f"{hostname} Too many commands, slow down; closing", "4.7.0")
+
+
+def rate_limited(what: str) -> Reply:
+    """450 at MAIL: more mail than the rate limit allows, from ``what`` (an address, a user)."""
+    return Reply.of(450, f"Too much mail from {what}; try again later", "4.7.1")
+
+
+def early_talker(hostname: str) -> Reply:
+    """RFC 5321 section 3.1 lets a server answer 554 instead of 220; this one says why."""
+    return Reply.of(554, f"{hostname} Protocol error: talking before the greeting", "5.5.0")
+
+
+# AUTH (RFC 4954 section 6; enhanced codes from RFC 5248)
+def challenge(data: bytes) -> Reply:
+    """334 and a SASL challenge in base64 (no enhanced code: its text is data)."""
+    return Reply.of(334, base64.b64encode(data).decode("ascii"))
+
+
+AUTH_SUCCEEDED = Reply.of(235, "Authentication successful", "2.7.0")
+AUTH_TEMPORARY_FAILURE = Reply.of(454, "Temporary authentication failure", "4.7.0")
+AUTH_CANCELLED = Reply.of(501, "Authentication cancelled", "5.0.0")
+AUTH_BAD_BASE64 = Reply.of(501, "Cannot Base64-decode client response", "5.5.2")
+ALREADY_AUTHENTICATED = Reply.of(503, "Already authenticated", "5.5.1")
+AUTH_UNKNOWN_MECHANISM = Reply.of(504, "Unrecognized authentication type", "5.5.4")
+AUTH_REQUIRED = Reply.of(530, "Authentication required", "5.7.0")
+STARTTLS_FIRST = Reply.of(530, "Must issue a STARTTLS command first", "5.7.0")
+AUTH_INVALID = Reply.of(535, "Authentication credentials invalid", "5.7.8")
+ENCRYPTION_REQUIRED = Reply.of(
+    538, "Encryption required for requested authentication mechanism", "5.7.11"
+)
+
+
+def auth_failed(reason: str) -> Reply:
+    """535 for a client that broke a mechanism's rules: the reason is about the protocol,
+    never about whether the user exists."""
+    return Reply.of(535, f"Authentication failed: {reason}", "5.7.8")
+
+
+def sender_not_owned(address: str, user: str) -> Reply:
+    return Reply.of(553, f"<{address}>: Sender address rejected: not owned by user {user}", "5.7.1")

@@ -1,0 +1,308 @@
+"""``pigeon queue``: see the mail queue and act on it (Postfix's mailq, postqueue, postsuper).
+
+Every action has ``--json`` for scripts. Acting on a message asks the server process that
+holds it (through the queue index, see ``pigeon.queue.admin``); when no server is running
+the request waits and is carried out at its next start, and the command says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pigeon.config import ConfigError, load_config
+from pigeon.queue.admin import ActionReport, MessageReport, Problem, QueueAdmin, UnknownMessage
+from pigeon.queue.index import IndexedMessage, IndexedRecipient, QueueIndexError, RequestAction
+
+from . import _exit
+
+__all__ = ["register"]
+
+IO_ERROR = 74  # EX_IOERR: the queue index could not be read
+
+_ACTIONS = {
+    "flush": "try deferred mail now (all of it, one message, or one domain's)",
+    "hold": "keep a message in the queue, undelivered, until it is released",
+    "release": "let a held message go again",
+    "delete": "remove a message from the queue without telling its sender",
+    "bounce": "give up on a message now and return it to its sender",
+}
+
+
+def register(commands: Any) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        help="the server's TOML configuration (default: $PIGEON_CONFIG, else the defaults)",
+    )
+    common.add_argument("--data-dir", type=Path, help="the server's data_dir (overrides -c)")
+    common.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "queue",
+        help="see the mail queue and act on it",
+        description="See the mail queue and act on it, like Postfix's mailq, postqueue and "
+        "postsuper. Works with the server running or not.",
+    )
+    parser.set_defaults(run=lambda args: _usage(parser))
+    actions = parser.add_subparsers(dest="action", metavar="ACTION")
+    listing = actions.add_parser(
+        "list",
+        parents=[common],
+        help="every queued message, with each recipient's state and last reply (like mailq)",
+    )
+    listing.set_defaults(run=_list)
+    show = actions.add_parser(
+        "show",
+        parents=[common],
+        help="one message: envelope, header and the history of its delivery attempts",
+    )
+    show.add_argument("queue_id", metavar="ID")
+    show.set_defaults(run=_show)
+    flush = actions.add_parser("flush", parents=[common], help=_ACTIONS["flush"])
+    flush.add_argument("queue_id", metavar="ID", nargs="?")
+    flush.add_argument("--domain", metavar="DOMAIN", help="only mail for this domain")
+    flush.set_defaults(run=_act)
+    for name in ("hold", "release", "delete", "bounce"):
+        action = actions.add_parser(name, parents=[common], help=_ACTIONS[name])
+        action.add_argument("queue_id", metavar="ID")
+        action.set_defaults(run=_act)
+    check = actions.add_parser(
+        "check",
+        parents=[common],
+        help="compare the queue index with the spool and say how to fix what disagrees",
+    )
+    check.set_defaults(run=_check)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _admin(args: argparse.Namespace) -> QueueAdmin:
+    if args.data_dir is not None:
+        return QueueAdmin(args.data_dir)
+    path = args.config
+    if path is None and os.environ.get("PIGEON_CONFIG"):
+        path = Path(os.environ["PIGEON_CONFIG"])
+    return QueueAdmin(load_config(path).data_dir)
+
+
+def _fail(args: argparse.Namespace, message: str, status: int) -> int:
+    print(f"pigeon queue {args.action}: {message}", file=sys.stderr)
+    return status
+
+
+def _list(args: argparse.Namespace) -> int:
+    try:
+        messages = _admin(args).messages()
+    except ConfigError as error:
+        return _fail(args, str(error), _exit.CONFIG)
+    except QueueIndexError as error:
+        return _fail(args, str(error), IO_ERROR)
+    if args.json:
+        print(json.dumps([_message_json(m) for m in messages], indent=2, ensure_ascii=False))
+        return _exit.OK
+    if not messages:
+        print("Mail queue is empty")
+        return _exit.OK
+    print(f"{'QUEUE ID':<22} {'SIZE':>9}  {'ARRIVAL':<19}  SENDER / RECIPIENTS")
+    for message in messages:
+        sender = f"<{message.sender}>"
+        print(f"{message.queue_id:<22} {message.size:>9}  {_when(message.arrival)}  {sender}")
+        for recipient in message.recipients:
+            print(f"    {recipient.state:<9} {recipient.address}{_next(recipient)}")
+            if recipient.last_reply and not recipient.state.final:
+                print(f"              {recipient.last_reply}")
+    total = sum(m.size for m in messages)
+    count = f"{len(messages)} message" + ("s" if len(messages) != 1 else "")
+    print(f"-- {count}, {_kib(total)}")
+    return _exit.OK
+
+
+def _show(args: argparse.Namespace) -> int:
+    try:
+        report = _admin(args).show(args.queue_id)
+    except ConfigError as error:
+        return _fail(args, str(error), _exit.CONFIG)
+    except QueueIndexError as error:
+        return _fail(args, str(error), IO_ERROR)
+    except UnknownMessage:
+        return _fail(args, f"no message {args.queue_id} in the queue", _exit.NO_INPUT)
+    if args.json:
+        print(json.dumps(_report_json(report), indent=2, ensure_ascii=False))
+    else:
+        _print_report(report)
+    return _exit.OK
+
+
+def _act(args: argparse.Namespace) -> int:
+    action = RequestAction(args.action)
+    domain = getattr(args, "domain", None)
+    if domain is not None and args.queue_id is not None:
+        return _fail(args, "give a queue id or --domain, not both", _exit.USAGE)
+    try:
+        report = _admin(args).act(action, queue_id=args.queue_id, domain=domain)
+    except ConfigError as error:
+        return _fail(args, str(error), _exit.CONFIG)
+    except QueueIndexError as error:
+        return _fail(args, str(error), IO_ERROR)
+    except UnknownMessage:
+        return _fail(args, f"no message {args.queue_id} in the queue", _exit.NO_INPUT)
+    if args.json:
+        print(json.dumps(_action_json(report), indent=2, ensure_ascii=False))
+        return _exit.OK
+    _print_action(report, args)
+    return _exit.OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        problems = _admin(args).check()
+    except ConfigError as error:
+        return _fail(args, str(error), _exit.CONFIG)
+    if args.json:
+        print(json.dumps([_problem_json(p) for p in problems], indent=2, ensure_ascii=False))
+    elif not problems:
+        print("queue index and spool agree")
+    else:
+        for problem in problems:
+            where = f"{problem.queue_id}: " if problem.queue_id else ""
+            print(f"{where}{problem.problem}")
+            print(f"    fix: {problem.fix}")
+    return _exit.DATA_ERROR if problems else _exit.OK
+
+
+# -- text ----------------------------------------------------------------------------------------
+def _when(stamp: float | None) -> str:
+    if stamp is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
+def _next(recipient: IndexedRecipient) -> str:
+    details = []
+    if recipient.attempts:
+        details.append(f"{recipient.attempts} attempt" + ("s" if recipient.attempts > 1 else ""))
+    if recipient.next_attempt is not None and recipient.state == "deferred":
+        details.append(f"next {_when(recipient.next_attempt)}")
+    return f"  ({', '.join(details)})" if details else ""
+
+
+def _kib(size: int) -> str:
+    return f"{size} octets" if size < 1024 else f"{size / 1024:.1f} KiB"
+
+
+def _print_report(report: MessageReport) -> None:
+    message = report.message
+    envelope = message.envelope
+    print(f"Queue ID:   {message.queue_id}")
+    print(f"Arrival:    {_when(message.arrival)}")
+    print(f"Size:       {message.size} octets")
+    print(f"Sender:     <{envelope.sender}>")
+    client = f"{envelope.client_name or 'unknown'} [{envelope.client_address}]"
+    print(f"Client:     {client}, HELO {envelope.helo or '-'}, {envelope.protocol}")
+    parameters = " ".join(k if v is None else f"{k}={v}" for k, v in envelope.mail_parameters)
+    if parameters:
+        print(f"Parameters: {parameters}")
+    print("Recipients:")
+    for recipient in message.recipients:
+        print(f"  {recipient.state:<9} {recipient.address}{_next(recipient)}")
+        if recipient.last_reply:
+            print(f"            {recipient.status} {recipient.last_reply}")
+    print("Header:")
+    if report.header is None:
+        print(f"  (not readable: {report.problem}; see pigeon queue check)")
+    else:
+        for line in report.header.rstrip("\n").split("\n"):
+            print(f"  {line}")
+    print("History:")
+    if not report.attempts:
+        print("  (no delivery attempt yet)")
+    for attempt in report.attempts:
+        print(
+            f"  {_when(attempt.at)}  {attempt.address}  {attempt.outcome} {attempt.status}"
+            f"  {attempt.detail}"
+        )
+
+
+def _print_action(report: ActionReport, args: argparse.Namespace) -> None:
+    target = args.queue_id or (f"mail for {args.domain}" if getattr(args, "domain", None) else "")
+    if not report.workers:
+        print(f"nothing to {report.action}: the queue is empty")
+        return
+    for line in report.lines:
+        print(line)
+    for worker in report.waiting:
+        print(
+            f"{target + ': ' if target else ''}{report.action} requested; Pigeon (worker"
+            f" {worker}) is not running, so it is done when pigeon serve starts"
+        )
+    if not report.lines and not report.waiting:
+        print(f"nothing to {report.action}" + (f" for {target}" if target else ""))
+
+
+# -- JSON ----------------------------------------------------------------------------------------
+def _recipient_json(recipient: IndexedRecipient) -> dict[str, Any]:
+    return {
+        "address": recipient.address,
+        "state": recipient.state.value,
+        "attempts": recipient.attempts,
+        "next_attempt": recipient.next_attempt,
+        "status": recipient.status or None,
+        "last_reply": recipient.last_reply or None,
+    }
+
+
+def _message_json(message: IndexedMessage) -> dict[str, Any]:
+    return {
+        "queue_id": message.queue_id,
+        "size": message.size,
+        "arrival": message.arrival,
+        "sender": message.sender,
+        "recipients": [_recipient_json(r) for r in message.recipients],
+    }
+
+
+def _report_json(report: MessageReport) -> dict[str, Any]:
+    envelope = report.message.envelope
+    data = _message_json(report.message)
+    data.update(
+        client_address=envelope.client_address,
+        client_name=envelope.client_name,
+        helo=envelope.helo,
+        protocol=envelope.protocol,
+        mail_parameters=dict(envelope.mail_parameters),
+        header=report.header,
+        problem=report.problem or None,
+        attempts=[
+            {
+                "at": a.at,
+                "recipient": a.address,
+                "outcome": a.outcome,
+                "status": a.status,
+                "detail": a.detail,
+            }
+            for a in report.attempts
+        ],
+    )
+    return data
+
+
+def _action_json(report: ActionReport) -> dict[str, Any]:
+    return {
+        "action": report.action.value,
+        "done": report.lines,
+        "waiting_for": report.waiting,
+    }
+
+
+def _problem_json(problem: Problem) -> dict[str, Any]:
+    return {"queue_id": problem.queue_id, "problem": problem.problem, "fix": problem.fix}

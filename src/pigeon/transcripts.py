@@ -1,0 +1,251 @@
+"""Transcripts of recent SMTP sessions, for the web UI's live log: ``>`` what the client
+sent, ``<`` what the server answered, as ``pigeon send -v`` prints a conversation.
+
+The session hands over the bytes it reads and writes (one call each); this module turns them
+into lines. It keeps commands and replies only: message text shows as its size, and AUTH
+secrets (the initial response, and every line answering a 334) as ``****``. Everything is
+bounded: a few hundred lines per session, a few hundred characters per line, and the last
+``capacity`` sessions. Nothing is recorded until ``enable()`` is called (by the web app), so a
+server without the UI pays one attribute look-up per read.
+
+Like the metrics, this is neutral ground between ``pigeon.server`` and ``pigeon.web``. Each
+worker process keeps its own sessions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+__all__ = ["Recorder", "Transcript", "TranscriptLog", "enable", "log", "start"]
+
+_MAX_LINES = 300
+_MAX_LINE = 300
+_MAX_PENDING = 2048  # an unfinished line longer than this is cut (the core refuses it anyway)
+_END_OF_DATA = b"\r\n.\r\n"
+_BDAT = re.compile(rb"BDAT\s+(\d{1,12})", re.IGNORECASE)
+
+
+@dataclass(slots=True)
+class Transcript:
+    session: str
+    client: str
+    started: float
+    ended: float | None = None
+    lines: list[tuple[str, str]] = field(default_factory=list)  # (">" or "<", text)
+    number: int = 0  # order of sessions in this process, for the UI
+
+    @property
+    def live(self) -> bool:
+        return self.ended is None
+
+
+class TranscriptLog:
+    """The sessions running now and the last ``capacity`` that ended."""
+
+    def __init__(self, capacity: int = 50) -> None:
+        self._ended: deque[Transcript] = deque(maxlen=capacity)
+        self._live: dict[int, Transcript] = {}
+        self._numbers = itertools.count(1)
+        self.version = 0  # changes whenever anything does: a cheap "is there news?"
+
+    def open(self, session: str, client: str) -> Transcript:
+        transcript = Transcript(session, client, time.time(), number=next(self._numbers))
+        self._live[transcript.number] = transcript
+        self.version += 1
+        return transcript
+
+    def close(self, transcript: Transcript) -> None:
+        transcript.ended = time.time()
+        if self._live.pop(transcript.number, None) is not None:
+            self._ended.append(transcript)
+        self.version += 1
+
+    def recent(self, limit: int = 50) -> list[Transcript]:
+        """Newest first: the live sessions, then those that ended."""
+        sessions = sorted(
+            [*self._live.values(), *self._ended], key=lambda t: t.number, reverse=True
+        )
+        return sessions[:limit]
+
+
+class Recorder:
+    """Turns one session's bytes into transcript lines."""
+
+    __slots__ = (
+        "_auth",
+        "_before_data",
+        "_client_pending",
+        "_data_octets",
+        "_log",
+        "_mode",
+        "_server_pending",
+        "_skip",
+        "_tail",
+        "_unanswered",
+        "transcript",
+    )
+
+    def __init__(self, log: TranscriptLog, transcript: Transcript) -> None:
+        self._log = log
+        self.transcript = transcript
+        self._client_pending = b""
+        self._server_pending = b""
+        # "command"; "data?" (DATA sent, its reply not yet seen); "data" (message text until
+        # CRLF.CRLF); "bdat" (``_skip`` octets of a chunk)
+        self._mode = "command"
+        self._auth = False  # an AUTH exchange is under way: client lines are secrets
+        self._skip = 0
+        self._tail = b""
+        self._data_octets = 0
+        # Replies are matched to commands by counting (pipelining sends several at once):
+        # commands not answered yet, and of those, how many were sent before DATA.
+        self._unanswered = 0
+        self._before_data = 0
+
+    def _add(self, direction: str, text: str) -> None:
+        lines = self.transcript.lines
+        if len(lines) < _MAX_LINES:
+            if len(text) > _MAX_LINE:
+                text = text[:_MAX_LINE] + "…"
+            lines.append((direction, text))
+            self._log.version += 1
+        elif len(lines) == _MAX_LINES:
+            lines.append(("", "… (the rest of this session is not shown)"))
+
+    def client(self, data: bytes) -> None:
+        while data:
+            if self._mode == "data":
+                data = self._message_text(data)
+            elif self._mode == "bdat":
+                taken = min(self._skip, len(data))
+                self._skip -= taken
+                data = data[taken:]
+                if not self._skip:
+                    self._mode = "command"
+            else:
+                data = self._client_lines(data)
+
+    def _message_text(self, data: bytes) -> bytes:
+        """Message text: counted, not shown. Returns what follows its end."""
+        window = self._tail + data[:4]
+        at = window.find(_END_OF_DATA)
+        if at >= 0:
+            end = at + len(_END_OF_DATA) - len(self._tail)
+        else:
+            at = data.find(_END_OF_DATA)
+            end = -1 if at < 0 else at + len(_END_OF_DATA)
+        if end < 0:
+            self._data_octets += len(data)
+            self._tail = (self._tail + data)[-4:]
+            return b""
+        self._data_octets += max(0, end - 3)
+        self._add(">", f"[message text: {self._data_octets} octets]")
+        self._add(">", ".")
+        self._mode = "command"
+        return data[end:]
+
+    def _client_lines(self, data: bytes) -> bytes:
+        buffer = self._client_pending + data
+        self._client_pending = b""
+        while True:
+            end = buffer.find(b"\n")
+            if end < 0:
+                self._client_pending = buffer[:_MAX_PENDING]
+                return b""
+            line, buffer = buffer[: end + 1], buffer[end + 1 :]
+            self._client_line(line.rstrip(b"\r\n"))
+            if self._mode in ("data", "bdat"):
+                return buffer
+
+    def _client_line(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace")
+        word = text.split(" ", 1)[0].upper()
+        if word == "DATA" and self._mode == "command":
+            self._before_data = self._unanswered
+        self._unanswered += 1
+        if self._auth:
+            self._add(">", "*" if text == "*" else "****")
+            return
+        if word == "AUTH":
+            parts = text.split()
+            self._add(">", " ".join(parts[:2]) + (" ****" if len(parts) > 2 else ""))
+            self._auth = True
+            return
+        self._add(">", text)
+        if word == "DATA":
+            self._mode = "data?"
+        elif word == "BDAT":
+            match = _BDAT.match(line)
+            if match:
+                self._skip = int(match.group(1))
+                self._add(">", f"[chunk: {self._skip} octets]")
+                self._mode = "bdat" if self._skip else "command"
+
+    def server(self, data: bytes) -> None:
+        buffer = self._server_pending + data
+        while True:
+            end = buffer.find(b"\n")
+            if end < 0:
+                self._server_pending = buffer[:_MAX_PENDING]
+                return
+            line, buffer = buffer[: end + 1], buffer[end + 1 :]
+            text = line.rstrip(b"\r\n").decode("utf-8", "replace")
+            self._add("<", text)
+            if len(text) >= 4 and text[3] != "-":  # the last line of a reply
+                code = text[:3]
+                self._unanswered = max(0, self._unanswered - 1)
+                if self._auth and code != "334":
+                    self._auth = False
+                if self._mode == "data?" and self._before_data:
+                    self._before_data -= 1  # the reply to a command sent before DATA
+                elif self._mode == "data?":
+                    if code == "354":
+                        self._mode, self._tail, self._data_octets = "data", b"\r\n", 0
+                    else:
+                        self._mode = "command"
+
+    def end(self) -> None:
+        self._log.close(self.transcript)
+
+
+class _Off(Recorder):
+    """What sessions get while no one is looking: records nothing."""
+
+    def __init__(self) -> None:
+        pass
+
+    def client(self, data: bytes) -> None:
+        pass
+
+    def server(self, data: bytes) -> None:
+        pass
+
+    def end(self) -> None:
+        pass
+
+
+_OFF = _Off()
+_log: TranscriptLog | None = None
+
+
+def enable(capacity: int = 50) -> TranscriptLog:
+    """Start recording sessions (those that start from now on) in this process."""
+    global _log
+    if _log is None:
+        _log = TranscriptLog(capacity)
+    return _log
+
+
+def log() -> TranscriptLog | None:
+    return _log
+
+
+def start(session: str, client: str) -> Recorder:
+    """The recorder of a new session: call ``client()``, ``server()`` and ``end()`` on it."""
+    if _log is None:
+        return _OFF
+    return Recorder(_log, _log.open(session, client))

@@ -1,0 +1,139 @@
+"""The queue index on its own: rows in, states changed, requests taken, rows forgotten; and
+the envelope's DSN fields it stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pigeon.queue import Envelope, QueueIndex, QueueIndexError, RecipientState
+from pigeon.queue.index import IndexChanges, RecipientUpdate, RequestAction
+from pigeon.queue.spool import SpooledMessage
+from pigeon.smtp import xtext_decode, xtext_encode
+
+
+def spooled(queue_id: str, *recipients: str, arrival: float = 1000.0) -> SpooledMessage:
+    envelope = Envelope(
+        "carol@example.test",
+        recipients,
+        received_at=arrival,
+        recipient_parameters=tuple((("NOTIFY", "SUCCESS"),) for _ in recipients),
+    )
+    return SpooledMessage(queue_id, envelope, 120, "w0-00000001.seg", 20, 200)
+
+
+def test_rows_states_history_and_forgetting(tmp_path: Path) -> None:
+    with QueueIndex(tmp_path / "queue.db") as index:
+        index.apply(
+            IndexChanges(
+                added=[
+                    (spooled("Q2", "a@x.test", arrival=2000.0), "w0"),
+                    (spooled("Q1", "b@x.test", "c@y.test"), "w0"),
+                ]
+            ),
+            now=1500.0,
+        )
+        index.apply(
+            IndexChanges(
+                updates=[
+                    RecipientUpdate("Q1", 0, RecipientState.DELIVERED, None, "2.0.0", "ok"),
+                    RecipientUpdate("Q1", 1, RecipientState.DEFERRED, 1800.0, "4.4.1", "down"),
+                ]
+            ),
+            now=1600.0,
+        )
+        index.apply(
+            IndexChanges(updates=[RecipientUpdate("Q1", 1, RecipientState.HELD, attempted=False)])
+        )
+        first, second = index.messages()
+        assert [first.queue_id, second.queue_id] == ["Q1", "Q2"]  # by arrival
+        assert first.spooled() == spooled("Q1", "b@x.test", "c@y.test")
+        b, c = first.recipients
+        assert (b.state, b.attempts, b.status, b.last_reply) == ("delivered", 1, "2.0.0", "ok")
+        # A hold keeps the last reply and is not an attempt.
+        assert (c.state, c.attempts, c.last_reply, c.domain) == ("held", 1, "down", "y.test")
+        assert [(a.address, a.outcome) for a in index.attempts("Q1")] == [
+            ("b@x.test", "delivered"),
+            ("c@y.test", "deferred"),
+        ]
+        assert index.count() == {"delivered": 1, "held": 1, "queued": 1}
+        index.apply(IndexChanges(done=["Q1"]))
+        done = index.message("Q1")
+        assert done is not None
+        assert done.done
+        index.apply(IndexChanges(forgotten=["Q1"]))
+        assert index.message("Q1") is None
+        assert index.attempts("Q1") == []  # the history goes with the message
+        assert [m.queue_id for m in index.messages(owner="w0")] == ["Q2"]
+
+
+def test_requests_go_to_the_owner_and_are_taken_once(tmp_path: Path) -> None:
+    with QueueIndex(tmp_path / "queue.db") as index:
+        index.apply(
+            IndexChanges(
+                added=[(spooled("Q1", "a@x.test"), "w0"), (spooled("Q2", "b@x.test"), "w1")]
+            )
+        )
+        assert index.add_request(RequestAction.HOLD, queue_id="Q2") == ["w1"]
+        assert index.add_request(RequestAction.HOLD, queue_id="nope") == []
+        assert index.add_request(RequestAction.FLUSH, domain="X.test", owners=["w2"]) == [
+            "w0",
+            "w1",
+            "w2",
+        ]
+        taken = index.take_requests("w1")
+        assert [(r.action, r.queue_id, r.domain) for r in taken] == [
+            (RequestAction.HOLD, "Q2", None),
+            (RequestAction.FLUSH, None, "x.test"),
+        ]
+        assert index.take_requests("w1") == []
+        # A worker that adopts another's spool takes its rows and its requests.
+        assert index.claim("w2", "w0") == 0
+        assert [r.owner for r in index.pending_requests()] == ["w0", "w0"]
+        assert index.claim("w1", "w0") == 1
+        assert index.owners() == ["w0"]
+
+
+def test_readonly_never_creates_and_damage_is_explained(tmp_path: Path) -> None:
+    path = tmp_path / "queue.db"
+    with pytest.raises(QueueIndexError, match="no queue index"):
+        QueueIndex(path, readonly=True)
+    assert not path.exists()
+    QueueIndex(path).close()
+    with QueueIndex(path, readonly=True) as index, pytest.raises(QueueIndexError, match="readonly"):
+        index.apply(IndexChanges(added=[(spooled("Q1", "a@x.test"), "w0")]))
+    path.write_bytes(b"\0garbage" * 512)
+    with pytest.raises(QueueIndexError, match=r"cannot be opened.*mv .*queue\.db\.broken"):
+        QueueIndex(path)
+
+
+def test_envelope_dsn_fields_survive_the_spool_format() -> None:
+    envelope = Envelope(
+        "carol@example.test",
+        ("a@x.test", "b@x.test"),
+        mail_parameters=(("RET", "HDRS"), ("ENVID", "id+2B1")),
+        recipient_parameters=(
+            (("NOTIFY", "SUCCESS,DELAY"), ("ORCPT", "rfc822;A+40x.test")),
+            (),
+        ),
+    )
+    again = Envelope.from_json(envelope.to_json())
+    assert again == envelope
+    assert again.envelope_id == "id+1"
+    assert again.return_headers_only
+    assert again.notify(0) == {"SUCCESS", "DELAY"}
+    assert again.notify(1) == {"FAILURE", "DELAY"}  # no NOTIFY: failures and delays
+    assert again.original_recipient(0) == "rfc822; A@x.test"
+    assert again.original_recipient(1) is None
+    # Spool records written before recipient parameters existed still read.
+    old = Envelope.from_json(b'{"sender": "", "recipients": ["a@x.test"]}')
+    assert old.notify(0) == {"FAILURE", "DELAY"}
+
+
+@pytest.mark.parametrize("text", ["plain", "a+b=c", "tab\there", "jöran@bücher.test", "+2B"])
+def test_xtext_round_trip(text: str) -> None:
+    encoded = xtext_encode(text)
+    assert encoded.isascii()
+    assert "=" not in encoded
+    assert xtext_decode(encoded) == text
