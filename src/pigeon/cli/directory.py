@@ -21,31 +21,25 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pigeon.config import Config, ConfigError, load_config
-from pigeon.directory import (
-    Alias,
-    Directory,
-    DirectoryStore,
-    DirectoryStoreError,
-    Forward,
-    Mailbox,
-    MailingList,
-    Moved,
-    canonical_address,
+from pigeon.config import ConfigError, load_config
+from pigeon.directory import DirectoryStore
+from pigeon.directory.admin import (
+    DirectoryAdmin,
+    DirectoryAdminError,
+    ListEntry,
+    Problem,
+    describe_route,
 )
-from pigeon.smtp import parse_mailbox
 
 from . import _exit
 
 __all__ = ["add_user_actions", "register"]
 
 ActionFactory = Callable[[str, str], argparse.ArgumentParser]
-
-_CONFIG_GIVEN = False  # whether this run read a configuration file (set by _run)
 
 
 def register(commands: Any) -> None:
@@ -155,10 +149,13 @@ def add_user_actions(action: ActionFactory) -> None:
 
 
 # -- plumbing ------------------------------------------------------------------------------------
-class _Refused(Exception):
-    def __init__(self, message: str, status: int = _exit.DATA_ERROR) -> None:
-        super().__init__(message)
-        self.status = status
+_STATUS = {
+    Problem.INVALID: _exit.USAGE,
+    Problem.NOT_OURS: _exit.DATA_ERROR,
+    Problem.IN_CONFIG: _exit.DATA_ERROR,
+    Problem.CONFLICT: _exit.DATA_ERROR,
+    Problem.UNKNOWN: _exit.NO_INPUT,
+}
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -166,15 +163,13 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return _exit.USAGE
 
 
-def _run(args: argparse.Namespace, work: Callable[[Config, DirectoryStore], int]) -> int:
+def _run(args: argparse.Namespace, work: Callable[[DirectoryAdmin], int]) -> int:
     command = f"pigeon {args.command} {args.action}"
     try:
         path = args.config
         if path is None and os.environ.get("PIGEON_CONFIG"):
             path = Path(os.environ["PIGEON_CONFIG"])
         config = load_config(path)
-        global _CONFIG_GIVEN
-        _CONFIG_GIVEN = path is not None
         if args.data_dir is not None:
             config = config.with_overrides(data_dir=args.data_dir)
         store = DirectoryStore(config.directory_db)
@@ -182,39 +177,13 @@ def _run(args: argparse.Namespace, work: Callable[[Config, DirectoryStore], int]
         print(f"{command}: {error}", file=sys.stderr)
         return _exit.CONFIG
     try:
-        return work(config, store)
-    except (_Refused, DirectoryStoreError) as error:
+        # With only --data-dir, the served domains are not known here: not checked.
+        return work(DirectoryAdmin(config, store, check_domains=path is not None))
+    except DirectoryAdminError as error:
         print(f"{command}: {error}", file=sys.stderr)
-        return error.status if isinstance(error, _Refused) else _exit.DATA_ERROR
+        return _STATUS[error.problem]
     finally:
         store.close()
-
-
-def _address(text: str) -> str:
-    """An address as given on the command line, checked."""
-    mailbox = parse_mailbox(text.strip("<>"))
-    if mailbox is None or not mailbox.domain:
-        raise _Refused(f"{text!r} is not an address like user@example.test", _exit.USAGE)
-    return str(mailbox)
-
-
-def _ours(config: Config, text: str) -> str:
-    """An address at one of the server's own domains (when a configuration file says which
-    they are: with only --data-dir, the domains are not known here)."""
-    address = _address(text)
-    if not _CONFIG_GIVEN:
-        return address
-    directory = Directory.from_config(config)
-    domain = address.rpartition("@")[2]
-    if not directory.serves(domain):
-        served = ", ".join(directory.domains) or "none"
-        raise _Refused(f"{domain} is not a domain this server serves (it serves: {served})")
-    return address
-
-
-def _in_config(entries: Sequence[str], address: str) -> bool:
-    wanted = canonical_address(address)
-    return any(canonical_address(entry) == wanted for entry in entries)
 
 
 def _print_json(data: object) -> None:
@@ -223,32 +192,18 @@ def _print_json(data: object) -> None:
 
 # -- aliases -------------------------------------------------------------------------------------
 def _alias_add(args: argparse.Namespace) -> int:
-    def work(config: Config, store: DirectoryStore) -> int:
-        address = _ours(config, args.address)
-        if _in_config(list(config.aliases), address):
-            raise _Refused(f"{address} is an alias in the configuration file; edit it there")
-        if _in_config(list(config.lists), address):
-            raise _Refused(f"{address} is a mailing list")
-        targets = [_address(t) for t in args.targets]
-        store.add_alias(address, targets)
-        print(f"{address} -> {', '.join(store.alias(address))}")
+    def work(admin: DirectoryAdmin) -> int:
+        entry = admin.add_alias(args.address, args.targets)
+        print(f"{entry.address} -> {', '.join(entry.targets)}")
         return _exit.OK
 
     return _run(args, work)
 
 
 def _alias_del(args: argparse.Namespace) -> int:
-    def work(config: Config, store: DirectoryStore) -> int:
-        address = _address(args.address)
-        if _in_config(list(config.aliases), address):
-            raise _Refused(f"{address} is an alias in the configuration file; edit it there")
-        removed = store.remove_alias(address, [_address(t) for t in args.targets])
-        if not removed:
-            raise _Refused(
-                f"no alias {address}" + (" with those targets" if args.targets else ""),
-                _exit.NO_INPUT,
-            )
-        left = store.alias(address)
+    def work(admin: DirectoryAdmin) -> int:
+        left = admin.remove_alias(args.address, args.targets)
+        address = admin.address(args.address)
         print(f"{address} -> {', '.join(left)}" if left else f"{address}: removed")
         return _exit.OK
 
@@ -256,16 +211,21 @@ def _alias_del(args: argparse.Namespace) -> int:
 
 
 def _alias_list(args: argparse.Namespace) -> int:
-    def work(config: Config, store: DirectoryStore) -> int:
-        entries = [(a, t, "config") for a, t in config.aliases.items()]
-        entries += [(a, t, "store") for a, t in store.aliases().items()]
+    def work(admin: DirectoryAdmin) -> int:
+        entries = admin.aliases()
         if args.json:
-            _print_json([{"address": a, "targets": list(t), "source": s} for a, t, s in entries])
-        elif not entries:
+            _print_json(
+                [
+                    {"address": e.address, "targets": list(e.targets), "source": e.source}
+                    for e in entries
+                ]
+            )
+            return _exit.OK
+        if not entries:
             print("no aliases")
-        for address, targets, source in entries if not args.json else ():
-            mark = " (config file)" if source == "config" else ""
-            print(f"{address}{mark} -> {', '.join(targets)}")
+        for entry in entries:
+            mark = " (config file)" if entry.source == "config" else ""
+            print(f"{entry.address}{mark} -> {', '.join(entry.targets)}")
         return _exit.OK
 
     return _run(args, work)
@@ -273,106 +233,77 @@ def _alias_list(args: argparse.Namespace) -> int:
 
 # -- lists ---------------------------------------------------------------------------------------
 def _list_create(args: argparse.Namespace) -> int:
-    def work(config: Config, store: DirectoryStore) -> int:
-        address = _ours(config, args.address)
-        if _in_config([*config.lists, *config.aliases], address):
-            raise _Refused(f"{address} is defined in the configuration file")
-        store.create_list(address, owner=_address(args.owner), posting=args.posting)
-        if args.member:
-            store.change_list(address, add=[_address(m) for m in args.member])
-        return _show_list(store, address, as_json=False)
-
-    return _run(args, work)
-
-
-def _list_change(args: argparse.Namespace, **change: Any) -> int:
-    def work(config: Config, store: DirectoryStore) -> int:
-        address = _address(args.address)
-        if _in_config(list(config.lists), address):
-            raise _Refused(f"list {address} is in the configuration file; edit it there")
-        if store.mailing_list(address) is None:
-            raise _Refused(f"no list {address}", _exit.NO_INPUT)
-        store.change_list(address, **change)
-        return _show_list(store, address, as_json=False)
+    def work(admin: DirectoryAdmin) -> int:
+        entry = admin.create_list(
+            args.address, owner=args.owner, posting=args.posting, members=args.member
+        )
+        return _print_list(entry, as_json=False)
 
     return _run(args, work)
 
 
 def _list_set(args: argparse.Namespace) -> int:
-    owner = None if args.owner is None else _checked(args.owner)
-    if owner is None and args.posting is None:
+    if args.owner is None and args.posting is None:
         print("pigeon list set: give --owner or --posting", file=sys.stderr)
         return _exit.USAGE
-    return _list_change(args, owner=owner, posting=args.posting)
+    return _run(
+        args,
+        lambda admin: _print_list(
+            admin.change_list(args.address, owner=args.owner, posting=args.posting),
+            as_json=False,
+        ),
+    )
 
 
 def _list_add(args: argparse.Namespace) -> int:
-    return _list_change(args, add=[_checked(m) for m in args.members])
+    return _run(
+        args,
+        lambda admin: _print_list(admin.change_list(args.address, add=args.members), as_json=False),
+    )
 
 
 def _list_remove(args: argparse.Namespace) -> int:
-    return _list_change(args, remove=[_checked(m) for m in args.members])
-
-
-def _checked(text: str) -> str:
-    """As _address, for arguments checked before the store opens (they raise usage)."""
-    mailbox = parse_mailbox(text.strip("<>"))
-    return text if mailbox is None or not mailbox.domain else str(mailbox)
+    return _run(
+        args,
+        lambda admin: _print_list(
+            admin.change_list(args.address, remove=args.members), as_json=False
+        ),
+    )
 
 
 def _list_del(args: argparse.Namespace) -> int:
-    def work(config: Config, store: DirectoryStore) -> int:
-        address = _address(args.address)
-        if _in_config(list(config.lists), address):
-            raise _Refused(f"list {address} is in the configuration file; edit it there")
-        if not store.delete_list(address):
-            raise _Refused(f"no list {address}", _exit.NO_INPUT)
-        print(f"{address}: deleted")
+    def work(admin: DirectoryAdmin) -> int:
+        admin.delete_list(args.address)
+        print(f"{admin.address(args.address)}: deleted")
         return _exit.OK
 
     return _run(args, work)
 
 
 def _list_show(args: argparse.Namespace) -> int:
-    def work(config: Config, store: DirectoryStore) -> int:
-        address = _address(args.address)
-        for name, spec in config.lists.items():
-            if canonical_address(name) == canonical_address(address):
-                data = {
-                    "address": name,
-                    "owner": spec.owner,
-                    "posting": spec.posting,
-                    "members": list(spec.members),
-                    "source": "config",
-                }
-                return _print_list(data, as_json=args.json)
-        if store.mailing_list(address) is None:
-            raise _Refused(f"no list {address}", _exit.NO_INPUT)
-        return _show_list(store, address, as_json=args.json)
-
-    return _run(args, work)
+    return _run(
+        args, lambda admin: _print_list(admin.mailing_list(args.address), as_json=args.json)
+    )
 
 
-def _show_list(store: DirectoryStore, address: str, *, as_json: bool) -> int:
-    spec = store.mailing_list(address)
-    assert spec is not None
-    data = {
-        "address": canonical_address(address),
+def _list_json(entry: ListEntry, *, members: bool = True) -> dict[str, Any]:
+    spec = entry.spec
+    return {
+        "address": entry.address,
         "owner": spec.owner,
         "posting": spec.posting,
-        "members": list(spec.members),
-        "source": "store",
+        "members": list(spec.members) if members else len(spec.members),
+        "source": entry.source,
     }
-    return _print_list(data, as_json=as_json)
 
 
-def _print_list(data: dict[str, Any], *, as_json: bool) -> int:
+def _print_list(entry: ListEntry, *, as_json: bool) -> int:
     if as_json:
-        _print_json(data)
+        _print_json(_list_json(entry))
         return _exit.OK
-    members = data["members"]
+    members = entry.spec.members
     print(
-        f"{data['address']}: owner {data['owner']}, posting by {data['posting']},"
+        f"{entry.address}: owner {entry.spec.owner}, posting by {entry.spec.posting},"
         f" {len(members)} member{'s' if len(members) != 1 else ''}"
     )
     for member in members:
@@ -381,29 +312,18 @@ def _print_list(data: dict[str, Any], *, as_json: bool) -> int:
 
 
 def _list_list(args: argparse.Namespace) -> int:
-    def work(config: Config, store: DirectoryStore) -> int:
-        entries = [(a, spec, "config") for a, spec in config.lists.items()]
-        entries += [(a, spec, "store") for a, spec in store.lists().items()]
+    def work(admin: DirectoryAdmin) -> int:
+        entries = admin.lists()
         if args.json:
-            _print_json(
-                [
-                    {
-                        "address": a,
-                        "owner": s.owner,
-                        "posting": s.posting,
-                        "members": len(s.members),
-                        "source": src,
-                    }
-                    for a, s, src in entries
-                ]
-            )
+            _print_json([_list_json(e, members=False) for e in entries])
             return _exit.OK
         if not entries:
             print("no mailing lists")
-        for address, spec, source in entries:
-            mark = " (config file)" if source == "config" else ""
+        for entry in entries:
+            mark = " (config file)" if entry.source == "config" else ""
+            spec = entry.spec
             print(
-                f"{address}{mark}: {len(spec.members)} members, owner {spec.owner},"
+                f"{entry.address}{mark}: {len(spec.members)} members, owner {spec.owner},"
                 f" posting by {spec.posting}"
             )
         return _exit.OK
@@ -413,56 +333,32 @@ def _list_list(args: argparse.Namespace) -> int:
 
 # -- users ---------------------------------------------------------------------------------------
 def _user_set(args: argparse.Namespace) -> int:
-    def work(config: Config, store: DirectoryStore) -> int:
-        address = _ours(config, args.address)
-        if _in_config(list(config.users), address):
-            raise _Refused(f"{address} has its attributes in the configuration file; edit it there")
-        if (args.forward and args.no_forward) or (args.moved_to and args.not_moved):
-            raise _Refused("contradictory options", _exit.USAGE)
-        if args.quota is not None and args.quota < 0:
-            raise _Refused("--quota: octets, 0 or more", _exit.USAGE)
-        forward = (
-            []
-            if args.no_forward
-            else ([_address(a) for a in args.forward] if args.forward else None)
-        )
-        moved_to = "" if args.not_moved else (_address(args.moved_to) if args.moved_to else None)
-        store.set_user(
-            address,
+    if (args.forward and args.no_forward) or (args.moved_to and args.not_moved):
+        print("pigeon user set: contradictory options", file=sys.stderr)
+        return _exit.USAGE
+
+    def work(admin: DirectoryAdmin) -> int:
+        admin.set_user(
+            args.address,
             name=args.name,
             quota=args.quota,
-            forward=forward,
-            moved_to=moved_to,
-            add_addresses=[_ours(config, a) for a in args.add_address],
-            remove_addresses=[_address(a) for a in args.remove_address],
+            forward=[] if args.no_forward else args.forward,
+            moved_to="" if args.not_moved else args.moved_to,
+            add_addresses=args.add_address,
+            remove_addresses=args.remove_address,
         )
-        return _show_user(config, store, address, as_json=False)
+        return _show_user(admin, args.address, as_json=False)
 
     return _run(args, work)
 
 
 def _user_show(args: argparse.Namespace) -> int:
-    def work(config: Config, store: DirectoryStore) -> int:
-        return _show_user(config, store, _ours(config, args.address), as_json=args.json)
-
-    return _run(args, work)
+    return _run(args, lambda admin: _show_user(admin, args.address, as_json=args.json))
 
 
-def _show_user(config: Config, store: DirectoryStore, address: str, *, as_json: bool) -> int:
-    directory = Directory.from_config(config, store=store)
-    local, _, domain = address.rpartition("@")
-    route = directory.route(local, domain)
-    data: dict[str, Any] = {"address": address, "route": _route_name(route)}
-    if isinstance(route, Mailbox):
-        data.update(mailbox=str(route.path), name=route.name, quota=route.quota)
-    elif isinstance(route, Forward):
-        data.update(forward=list(route.targets), keeps_copy=route.mailbox is not None)
-    elif isinstance(route, Moved):
-        data.update(moved_to=route.new_address)
-    elif isinstance(route, Alias):
-        data.update(targets=list(route.targets))
-    elif isinstance(route, MailingList):
-        data.update(owner=route.owner, members=len(route.members))
+def _show_user(admin: DirectoryAdmin, address: str, *, as_json: bool) -> int:
+    data: dict[str, Any] = {"address": admin.ours(address)}
+    data.update(describe_route(admin.route(address)))
     if as_json:
         _print_json(data)
         return _exit.OK
@@ -470,14 +366,3 @@ def _show_user(config: Config, store: DirectoryStore, address: str, *, as_json: 
         shown = ", ".join(value) if isinstance(value, list) else value
         print(f"{key + ':':<12} {shown}")
     return _exit.OK
-
-
-def _route_name(route: object) -> str:
-    names = {
-        Mailbox: "mailbox",
-        Forward: "forward",
-        Moved: "moved",
-        Alias: "alias",
-        MailingList: "list",
-    }
-    return next((n for kind, n in names.items() if isinstance(route, kind)), "unknown")

@@ -149,9 +149,20 @@ class TerminalRegistry:
 
     def logged_on(self, address: str) -> bool:
         """Whether ``address`` has a live terminal now; stale registrations are removed."""
-        return any(self._alive(r) for r in self._registrations(address))
+        registrations = self._registrations(address)
+        if not registrations:
+            return False
+        listening = _listening_sockets()
+        return any(self._alive(r, listening) for r in registrations)
 
-    def _alive(self, registration: _Registration) -> bool:
+    def _alive(self, registration: _Registration, listening: frozenset[str] | None) -> bool:
+        if listening is not None:
+            # Asked of the kernel, not of the terminal: a probe would be one more connection
+            # for the terminal to accept and close.
+            if registration.socket in listening:
+                return True
+            self._remove_stale(registration)
+            return False
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(1)
             try:
@@ -242,11 +253,11 @@ class TerminalRegistry:
             except (OSError, TimeoutError, ValueError):
                 pass  # a probe, a stranger without the token, or a deliverer that gave up
             finally:
-                if task is not None:
-                    handlers.discard(task)
                 writer.close()
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()
+                if task is not None:
+                    handlers.discard(task)
 
         server = await asyncio.start_unix_server(serve, path=name, limit=_HEADER_LIMIT)
         await asyncio.to_thread(self._ensure_directory)
@@ -266,10 +277,10 @@ class TerminalRegistry:
                 path.unlink()
             server.close()
             # Connections still open (a liveness probe, a delivery under way) end with the
-            # terminal: nothing is left to the garbage collector. One accepted just now has
-            # its handler scheduled but not started: let it start, so that it is known.
-            for _ in range(3):
-                await asyncio.sleep(0)
+            # terminal: nothing is left to the garbage collector. One being accepted right
+            # now takes a few turns of the loop to reach its handler: give it those first.
+            for _ in range(5):
+                await asyncio.sleep(0.01)
             for handler in list(handlers):
                 handler.cancel()
             for handler in list(handlers):
@@ -277,6 +288,22 @@ class TerminalRegistry:
                     await handler
             await server.wait_closed()
             event("terminal_closed", user=address)
+
+
+def _listening_sockets() -> frozenset[str] | None:
+    """The names of the abstract Unix sockets listening on this host (Linux's
+    /proc/net/unix), or None where that cannot be read."""
+    try:
+        lines = Path("/proc/net/unix").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    names = set()
+    for line in lines[1:]:
+        fields = line.split(None, 7)
+        # Num RefCount Protocol Flags Type St Inode Path; __SO_ACCEPTCON marks a listener.
+        if len(fields) == 8 and fields[7].startswith("@") and int(fields[3], 16) & 0x10000:
+            names.add("\0" + fields[7][1:])
+    return frozenset(names)
 
 
 def _connect(name: str) -> socket.socket:

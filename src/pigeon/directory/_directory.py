@@ -10,7 +10,7 @@ from pigeon.smtp import domain_key
 
 from ._names import canonical_address
 from ._names import user_key as _user_key
-from ._store import DirectoryStore
+from ._store import DirectoryStore, Entry
 
 __all__ = ["Alias", "Directory", "Forward", "Mailbox", "MailingList", "Moved", "Route"]
 
@@ -78,6 +78,8 @@ class MailingList:
 
 
 Route = Mailbox | Alias | Forward | Moved | MailingList
+
+_NO_ENTRY = Entry((), None, None)
 
 
 @dataclass(slots=True)
@@ -205,12 +207,11 @@ class Directory:
         served = self._domains[dkey]
         key = _user_key(local_part)
         address = f"{key}@{dkey}"
-        targets = self._aliases.get(address) or (self._store.alias(address) if self._store else ())
+        stored = self._store.entry(address) if self._store is not None else _NO_ENTRY
+        targets = self._aliases.get(address) or stored.alias
         if targets:
             return Alias(f"{local_part}@{served.name}", targets)
-        mailing_list = self._lists.get(address) or (
-            self._store.mailing_list(address) if self._store else None
-        )
+        mailing_list = self._lists.get(address) or stored.mailing_list
         if mailing_list is not None:
             return MailingList(
                 f"{local_part}@{served.name}",
@@ -218,9 +219,7 @@ class Directory:
                 mailing_list.owner,
                 mailing_list.posting,
             )
-        attributes = self._attributes.get(address) or (
-            self._store.user(address) if self._store else None
-        )
+        attributes = self._attributes.get(address) or stored.user
         user = None
         if attributes is not None:
             primary, _ = attributes

@@ -4,18 +4,21 @@
 
 The configuration file holds the same kinds of entries; the store adds to it. Every lookup
 sees the store as it is now, so a change is seen by the next RCPT without a restart or a
-signal; answers are remembered until any process changes the store (SQLite's
-data_version tells, for the price of one pragma). Passwords are not here:
+signal; answers are remembered until any process changes the store (the database files'
+sizes and times tell). Passwords are not here:
 they live in the user store of ``pigeon.auth``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar, cast
 
@@ -23,7 +26,7 @@ from pigeon.config import ListConfig, UserConfig
 
 from ._names import canonical_address
 
-__all__ = ["DirectoryStore", "DirectoryStoreError"]
+__all__ = ["DirectoryStore", "DirectoryStoreError", "Entry"]
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS users (
@@ -58,6 +61,14 @@ _SCHEMA = (
 
 _T = TypeVar("_T")
 _CACHE_LIMIT = 100_000  # entries; a lookup storm of made-up addresses cannot grow it further
+_CACHE_SECONDS = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    alias: tuple[str, ...]  # empty: not an alias
+    mailing_list: ListConfig | None
+    user: tuple[str, UserConfig] | None  # (primary address, attributes)
 
 
 class DirectoryStoreError(Exception):
@@ -78,7 +89,8 @@ class DirectoryStore:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str], object] = {}
-        self._cache_version = -1
+        self._cache_version: tuple[int, ...] = ()
+        self._wal = path.with_name(path.name + "-wal")
         with self._lock:
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA foreign_keys = ON")
@@ -88,13 +100,23 @@ class DirectoryStore:
     def close(self) -> None:
         self._db.close()
 
-    def _version(self) -> int:
-        """Changes whenever another connection (``pigeon alias`` ..., another worker) has
-        committed to the store since we last looked: one pragma, far cheaper than the
-        queries a lookup would otherwise make. This connection's own writes are seen by
-        ``_write``, which forgets the cache itself."""
-        with self._lock:
-            return int(self._db.execute("PRAGMA data_version").fetchone()[0])
+    def _version(self) -> tuple[int, ...]:
+        """Changes whenever any process commits to the store: in WAL mode a commit appends
+        to the -wal file and a checkpoint rewrites the main file, so their sizes and times
+        tell, for two stat() calls (SQLite's own ``PRAGMA data_version`` takes file locks,
+        several system calls, and cost more than the lookups it guarded). This process's
+        own writes go through ``_write``, which forgets the cache itself; and no answer is
+        kept longer than ``_CACHE_SECONDS``, for the rare commit that leaves both files'
+        size and time as they were."""
+        stamp: list[int] = [int(time.monotonic() // _CACHE_SECONDS)]
+        for path in (self.path, self._wal):
+            try:
+                info = os.stat(path)
+            except FileNotFoundError:
+                stamp += (0, 0)
+            else:
+                stamp += (info.st_mtime_ns, info.st_size)
+        return tuple(stamp)
 
     def _cached(self, key: tuple[str, str], load: Callable[[], _T]) -> _T:
         version = self._version()
@@ -128,6 +150,15 @@ class DirectoryStore:
             return self._db.execute(query, args).fetchall()
 
     # -- lookups --------------------------------------------------------------------------------
+    def entry(self, address: str) -> Entry:
+        """Everything the store says of one address (alias targets, list, user), with one
+        look at whether the store changed: what the directory asks at every RCPT."""
+        key = _key(address)
+        return self._cached(("entry", key), lambda: self._load_entry(address))
+
+    def _load_entry(self, address: str) -> Entry:
+        return Entry(self._load_alias(address), self._load_list(address), self._load_user(address))
+
     def user(self, address: str) -> tuple[str, UserConfig] | None:
         """The user whose primary or extra address this is: (primary address, attributes)."""
         return self._cached(("user", _key(address)), lambda: self._load_user(address))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["COMMAND_HELP", "command_list"]
+__all__ = ["COMMAND_HELP", "OPTIONAL_COMMANDS", "command_list"]
 
 COMMAND_HELP: dict[str, tuple[str, ...]] = {
     "HELO": ("HELO <domain>", "Introduce yourself (SMTP). Starts the session."),
@@ -33,12 +33,31 @@ COMMAND_HELP: dict[str, tuple[str, ...]] = {
         "STARTTLS",
         "Start TLS (RFC 3207); then send EHLO again. Offered only where EHLO lists it.",
     ),
+    "AUTH": (
+        "AUTH <mechanism> [initial-response]",
+        "Authenticate (RFC 4954) with a mechanism EHLO lists; '*' cancels.",
+    ),
+    "BDAT": (
+        "BDAT <octets> [LAST]",
+        "Send the message in chunks of exactly that many octets (RFC 3030).",
+    ),
+    "ETRN": ("ETRN <domain>", "Start delivery of the mail queued for a domain (RFC 1985)."),
+    "ATRN": (
+        "ATRN [<domain>,...]",
+        "After AUTH: take your domains' held mail on this connection (RFC 2645).",
+    ),
 }
 
+# Listed, and explained, only where the session offers them (as EHLO does).
+OPTIONAL_COMMANDS = frozenset({"STARTTLS", "AUTH", "BDAT", "ETRN", "ATRN"})
 
-def command_list(*, starttls: bool = False) -> tuple[str, ...]:
-    """The 214 text of a bare HELP; STARTTLS is listed only when it is offered."""
-    names = " ".join(name for name in COMMAND_HELP if starttls or name != "STARTTLS")
+
+def command_list(*, offered: frozenset[str] = frozenset()) -> tuple[str, ...]:
+    """The 214 text of a bare HELP: the commands always understood, and of the optional
+    ones those ``offered``."""
+    names = " ".join(
+        name for name in COMMAND_HELP if name not in OPTIONAL_COMMANDS or name in offered
+    )
     return (
         "Pigeon SMTP server; commands:",
         names,

@@ -73,7 +73,7 @@ from ._grammar import (
     parse_path,
     valid_domain,
 )
-from ._help import COMMAND_HELP, command_list
+from ._help import COMMAND_HELP, OPTIONAL_COMMANDS, command_list
 from ._replies import Reply
 from ._state import State, in_sequence, sequence_error
 
@@ -660,19 +660,36 @@ class ServerConnection:
 
     def _on_help(self, verb: str, argument: str) -> Event | None:
         topic = argument.strip(" ").upper()
+        offered = self._optional_commands()
         if not topic:
-            listed = self.settings.starttls and not self.tls_active  # as in the EHLO reply
-            self._emit(Reply(214, command_list(starttls=listed), "2.0.0"))
+            self._emit(Reply(214, command_list(offered=offered), "2.0.0"))
             return None
         if topic == "STATUS":
             return HelpStatus()  # RFC 821's 211 "system status", for the program to decide
         text = COMMAND_HELP.get(topic)
-        if text is None or (topic == "STARTTLS" and not self._offers_tls):
+        # STARTTLS is explained while TLS is active too (where it gets 503), as before.
+        explained = offered | ({"STARTTLS"} if self._offers_tls else set())
+        if text is None or (topic in OPTIONAL_COMMANDS and topic not in explained):
             raise CommandError(
                 Reply.of(504, f"HELP: no such command {_printable(topic)}; try HELP", "5.5.4")
             )
         self._emit(Reply(214, (*text, "End of HELP info"), "2.0.0"))
         return None
+
+    def _optional_commands(self) -> frozenset[str]:
+        """The optional commands this session offers now, as its EHLO reply lists them."""
+        offered = set()
+        if self.settings.starttls and not self.tls_active:
+            offered.add("STARTTLS")
+        if self._auth_offered:
+            offered.add("AUTH")
+        if self.settings.chunking:
+            offered.add("BDAT")
+        if self.settings.etrn:
+            offered.add("ETRN")
+        if self.settings.atrn and self._auth_offered:
+            offered.add("ATRN")
+        return frozenset(offered)
 
     def _on_vrfy(self, verb: str, argument: str) -> Event | None:
         target = argument.strip(" ")

@@ -10,7 +10,7 @@ from fastapi.staticfiles import StaticFiles
 
 from pigeon import __version__, transcripts
 
-from . import api, ops, ui
+from . import api, directory_api, ops, ui
 from .context import WebContext
 from .security import SecurityHeaders
 
@@ -36,6 +36,7 @@ def create_app(context: WebContext) -> FastAPI:
     app.state.context = context
     transcripts.enable()  # the SMTP log page shows the sessions of this process from now on
     app.include_router(api.router)
+    app.include_router(directory_api.router)
     app.include_router(ops.router)
     app.include_router(ui.router)
     app.mount("/static", StaticFiles(directory=_STATIC), name="static")

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
 __all__ = [
     "ActionResult",
+    "AliasChange",
+    "AliasModel",
     "AttachmentInfo",
     "DomainInfo",
     "Error",
     "HeaderField",
+    "ListChange",
+    "ListModel",
     "ListenerModel",
     "MailboxInfo",
     "Me",
@@ -25,6 +30,8 @@ __all__ = [
     "SessionTranscript",
     "Status",
     "TranscriptLine",
+    "UserAttributes",
+    "UserAttributesChange",
     "UserInfo",
 ]
 
@@ -167,3 +174,54 @@ class SessionTranscript(BaseModel):
     started: datetime
     ended: datetime | None
     lines: list[TranscriptLine]
+
+
+# -- the directory ---------------------------------------------------------------------------------
+Source = Literal["config", "store", "none"]
+Posting = Literal["anyone", "members", "owner"]
+AddressText = Annotated[str, Field(min_length=3, max_length=320)]
+
+
+class AliasModel(BaseModel):
+    address: str
+    targets: list[str]
+    source: Source = Field(description="config: the configuration file (read-only here)")
+
+
+class AliasChange(BaseModel):
+    targets: list[AddressText] = Field(min_length=1, max_length=1000)
+
+
+class ListModel(BaseModel):
+    address: str
+    owner: str
+    posting: Posting
+    members: list[str]
+    source: Source
+
+
+class ListChange(BaseModel):
+    owner: AddressText
+    posting: Posting = "anyone"
+    members: list[AddressText] = Field(default_factory=list, max_length=100_000)
+
+
+class UserAttributes(BaseModel):
+    address: str
+    name: str
+    quota: int = Field(description="octets; 0: no limit")
+    addresses: list[str]
+    forward: list[str]
+    moved_to: str
+    source: Source = Field(description="none: no attributes set")
+    route: str = Field(description="where mail to the address goes now")
+
+
+class UserAttributesChange(BaseModel):
+    name: Annotated[str, Field(max_length=200)] | None = None
+    quota: Annotated[int, Field(ge=0)] | None = None
+    addresses: list[AddressText] | None = Field(
+        default=None, description="the whole list of extra addresses"
+    )
+    forward: list[AddressText] | None = None
+    moved_to: Annotated[str, Field(max_length=320)] | None = None
