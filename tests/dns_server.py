@@ -56,11 +56,17 @@ class DNSServer:
 
     ``records`` maps ``(name, type)`` to the record data in zone-file text, e.g.
     ``("example.test", "MX"): ["10 mx.example.test."]``. ``rcode`` makes every answer that
-    rcode instead (e.g. ``"SERVFAIL"``), for testing a failing server.
+    rcode instead (e.g. ``"SERVFAIL"``), for testing a failing server. Answers about the
+    names in ``signed`` carry the AD flag (DNSSEC-validated) when the query asks for it.
     """
 
     def __init__(
-        self, records: Records | None = None, *, ttl: int = 300, rcode: str | None = None
+        self,
+        records: Records | None = None,
+        *,
+        ttl: int = 300,
+        rcode: str | None = None,
+        signed: frozenset[str] = frozenset(),
     ) -> None:
         self._rrsets: dict[tuple[dns.name.Name, dns.rdatatype.RdataType], dns.rrset.RRset] = {}
         self._names: set[dns.name.Name] = set()
@@ -74,6 +80,9 @@ class DNSServer:
             self._rrsets[(name, rdtype)] = rrset
             self._names.add(name)
         self._rcode = None if rcode is None else dns.rcode.from_text(rcode)
+        # Names answered as a validating resolver answers for a DNSSEC-signed zone: with
+        # the AD flag, to queries that ask for it (AD or DO set, RFC 6840 section 5.7).
+        self._signed = {dns.name.from_text(name) for name in signed}
         self._lock = threading.Lock()
         self._queries: list[Query] = []
         self._received = 0
@@ -190,6 +199,9 @@ class DNSServer:
             )
         response = dns.message.make_response(query)
         response.flags |= dns.flags.AA
+        asks_ad = bool(query.flags & dns.flags.AD) or bool(query.ednsflags & dns.flags.DO)
+        if asks_ad and question.name in self._signed:
+            response.flags |= dns.flags.AD
         if self._rcode is not None:
             response.set_rcode(self._rcode)
         elif question.name not in self._names:

@@ -101,7 +101,9 @@ class Dovecot:
                     return self
             except OSError:
                 time.sleep(0.05)
-        raise AssertionError(f"dovecot did not start: {self.log()}")
+        log = self.log()
+        self.__exit__(None, None, None)  # stop what did start, and remove the directory
+        raise AssertionError(f"dovecot did not start: {log}")
 
     def log(self) -> str:
         path = self.root / "dovecot.log"

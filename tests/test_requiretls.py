@@ -12,9 +12,12 @@ from typing import Any
 
 import pytest
 
+from pigeon.config import DomainConfig
 from pigeon.delivery.result import DeliveryResult, Outcome
 from pigeon.delivery.smtp import SmtpAgent
+from pigeon.dns import make_resolver
 from pigeon.queue.envelope import Envelope
+from tests.dns_server import DNSServer
 from tests.peers import AiosmtpdPeer, RecordingHandler, ScriptedPeer, TestCA, esmtp_script
 from tests.servers import ThreadedServer, make_config, read_maildir, tls_config
 
@@ -138,3 +141,65 @@ def test_other_mail_still_goes_in_the_clear(ca: TestCA) -> None:
         (result,) = relay(peer.port, ca, plain)
     assert result.outcome is Outcome.DELIVERED
     assert len(messages) == 1
+
+
+# -- REQUIRETLS by MX: DNSSEC-validated MX records, or no delivery (RFC 8689 4.2.1) ------------
+MX_RECORDS = {
+    ("signed.test", "MX"): ["10 mx.signed.test."],
+    ("mx.signed.test", "A"): ["127.0.0.1"],
+    ("plain.test", "MX"): ["10 mx.plain.test."],
+    ("mx.plain.test", "A"): ["127.0.0.1"],
+}
+
+
+@pytest.fixture
+def exchanger(tmp_path: Path, ca: TestCA) -> Iterator[ThreadedServer]:
+    """Pigeon as the exchanger of signed.test and plain.test, its certificate naming both."""
+    cert = ca.ca.issue_cert("mx.signed.test", "mx.plain.test")
+    config = make_config(
+        tmp_path / "mx",
+        tls=tls_config(cert, tmp_path / "mx-tls"),
+        domains={
+            "signed.test": DomainConfig(users=("alice",)),
+            "plain.test": DomainConfig(users=("alice",)),
+        },
+    )
+    with ThreadedServer(config) as running:
+        yield running
+
+
+def by_mx(exchanger: ThreadedServer, ca: TestCA, domain: str) -> DeliveryResult:
+    with DNSServer(MX_RECORDS, signed=frozenset({"signed.test"})) as dns_server:
+        resolver = make_resolver((dns_server.nameserver,))
+        agent = SmtpAgent(
+            hostname="relay.origin.test",
+            resolver=resolver,
+            port=exchanger.port,
+            ssl_context=ca.client_context(),
+            timeout=5,
+        )
+        envelope = replace(REQUIRETLS, recipients=(f"alice@{domain}",))
+        (result,) = asyncio.run(
+            agent.deliver(domain, [f"alice@{domain}"], envelope=envelope, body=BODY)
+        )
+    return result
+
+
+def test_requiretls_goes_to_an_exchanger_named_by_dnssec_validated_mx(
+    exchanger: ThreadedServer, ca: TestCA
+) -> None:
+    result = by_mx(exchanger, ca, "signed.test")
+    assert result.outcome is Outcome.DELIVERED, result.detail
+    exchanger.wait_idle()
+    (message,) = read_maildir(exchanger.config.mail_dir / "signed.test" / "alice")
+    assert b"with ESMTPS" in message
+
+
+def test_requiretls_is_returned_when_the_mx_is_not_validated(
+    exchanger: ThreadedServer, ca: TestCA
+) -> None:
+    result = by_mx(exchanger, ca, "plain.test")
+    assert (result.outcome, result.status) == (Outcome.FAILED, "5.7.30")
+    assert "not DNSSEC-validated" in result.detail
+    exchanger.wait_idle()
+    assert read_maildir(exchanger.config.mail_dir / "plain.test" / "alice") == []

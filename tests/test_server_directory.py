@@ -10,6 +10,7 @@ import email.policy
 import fcntl
 import os
 import smtplib
+import time
 from collections.abc import Iterator
 from contextlib import redirect_stdout
 from dataclasses import replace
@@ -166,6 +167,7 @@ def test_a_locked_mailbox_is_busy_and_delivery_waits_for_it(tmp_path: Path) -> N
         lock = os.open(bob / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            time.sleep(1.1)  # a mailbox without a lock file is not looked at again for 1 s
             assert rcpt(server, "bob@example.test") == (
                 450,
                 b"4.2.1 <bob@example.test>: mailbox busy, try again later",

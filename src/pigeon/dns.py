@@ -12,12 +12,13 @@ import ipaddress
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
 import dns.resolver
 import dns.reversename
 
 from pigeon.config import parse_host_port
 
-__all__ = ["make_resolver", "reverse_name"]
+__all__ = ["authenticating", "make_resolver", "reverse_name"]
 
 
 def make_resolver(
@@ -49,6 +50,20 @@ def make_resolver(
     resolver.lifetime = timeout
     resolver.timeout = timeout
     return resolver
+
+
+def authenticating(resolver: dns.asyncresolver.Resolver) -> dns.asyncresolver.Resolver:
+    """``resolver``, asking with the AD flag (RFC 6840 section 5.7), so that a validating
+    resolver says in its answer's AD flag whether it validated the data with DNSSEC. Pigeon
+    does not validate signatures itself: like Postfix's ``smtp_dns_support_level = dnssec``
+    it trusts the resolver the administrator named, which should be on this host."""
+    clone = dns.asyncresolver.Resolver(configure=False)
+    clone.nameservers = list(resolver.nameservers)
+    clone.port = resolver.port
+    clone.lifetime = resolver.lifetime
+    clone.timeout = resolver.timeout
+    clone.flags = dns.flags.RD | dns.flags.AD
+    return clone
 
 
 def is_loopback(ip: str) -> bool:

@@ -34,6 +34,7 @@ from pigeon.directory.admin import (
     Problem,
     describe_route,
 )
+from pigeon.queue.control import announce
 
 from . import _exit
 
@@ -184,6 +185,8 @@ def _run(args: argparse.Namespace, work: Callable[[DirectoryAdmin], int]) -> int
         return _STATUS[error.problem]
     finally:
         store.close()
+        if store.changed:
+            announce(config.data_dir, "directory")  # running workers read it again now
 
 
 def _print_json(data: object) -> None:

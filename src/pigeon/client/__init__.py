@@ -17,7 +17,7 @@ from ._api import send, send_async
 from ._compose import Attachment, compose, envelope_recipients, make_7bit, to_bytes
 from ._dsn import DsnRequest
 from ._errors import AuthError, ConnectError, ProtocolError, SendError, TimeoutError_, TLSError
-from ._mx import MailExchanger, MXError, resolve_mx
+from ._mx import MailExchanger, MXError, resolve_mx, resolve_mx_authenticated
 from ._results import RecipientResult, SendResult
 from ._session import SMTPClient, TLSMode
 
@@ -40,6 +40,7 @@ __all__ = [
     "envelope_recipients",
     "make_7bit",
     "resolve_mx",
+    "resolve_mx_authenticated",
     "send",
     "send_async",
     "to_bytes",

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
 import dns.rdatatype
 import dns.resolver
 
-__all__ = ["MXError", "MailExchanger", "addresses_of", "resolve_mx"]
+__all__ = ["MXError", "MailExchanger", "addresses_of", "resolve_mx", "resolve_mx_authenticated"]
 
 
 class MXError(Exception):
@@ -39,17 +40,29 @@ async def resolve_mx(domain: str, resolver: dns.asyncresolver.Resolver) -> list[
     Lowest preference first, with equal preferences shuffled to spread the load; no MX at
     all means the domain itself (the "implicit MX"); a null MX (RFC 7505: one record,
     preference 0, exchange ".") means the domain takes no mail."""
+    exchangers, _ = await resolve_mx_authenticated(domain, resolver)
+    return exchangers
+
+
+async def resolve_mx_authenticated(
+    domain: str, resolver: dns.asyncresolver.Resolver
+) -> tuple[list[MailExchanger], bool]:
+    """``resolve_mx``, and whether the resolver vouched for the answer with its AD flag
+    (DNSSEC-validated; ask with ``pigeon.dns.authenticating(resolver)``). An address literal
+    has no answer to vouch for."""
     if domain.startswith("[") and domain.endswith("]"):
         literal = domain[1:-1]
         if literal.upper().startswith("IPV6:"):
             literal = literal[5:]
-        return [MailExchanger(literal, 0)]
+        return [MailExchanger(literal, 0)], False
     try:
         answer = await resolver.resolve(domain, "MX")
     except dns.resolver.NXDOMAIN:
         raise MXError(f"domain {domain} does not exist", permanent=True, status="5.1.2") from None
-    except dns.resolver.NoAnswer:
-        return [MailExchanger(domain, 0)]
+    except dns.resolver.NoAnswer as error:
+        response = error.kwargs.get("response")
+        authentic = response is not None and bool(response.flags & dns.flags.AD)
+        return [MailExchanger(domain, 0)], authentic
     except dns.exception.DNSException as error:
         raise MXError(
             f"DNS lookup of MX for {domain} failed: {error}", permanent=False, status="4.4.3"
@@ -61,7 +74,8 @@ async def resolve_mx(domain: str, resolver: dns.asyncresolver.Resolver) -> list[
         )
     random.shuffle(records)  # shuffle, then a stable sort keeps equal preferences shuffled
     records.sort(key=lambda record: record[0])
-    return [MailExchanger(host, preference) for preference, host in records]
+    authentic = bool(answer.response.flags & dns.flags.AD)
+    return [MailExchanger(host, preference) for preference, host in records], authentic
 
 
 async def addresses_of(host: str, resolver: dns.asyncresolver.Resolver) -> list[str]:

@@ -41,6 +41,8 @@ reply that is not SMTP mid-message        DEFERRED   4.4.2
 8-bit address, server lacks SMTPUTF8      FAILED     5.6.7
 address that SMTP cannot carry            FAILED     5.1.3 (recipient), 5.1.7 (sender)
 relayhost name not found                  DEFERRED   4.4.4
+REQUIRETLS: no verified TLS/REQUIRETLS    DEFERRED   4.7.30
+REQUIRETLS: MX not DNSSEC-validated       FAILED     5.7.30
 a bug (logged with its traceback)         DEFERRED   4.3.0
 ========================================  =========  ======
 
@@ -78,9 +80,11 @@ from pigeon.client import (
     TLSError,
     TLSMode,
     resolve_mx,
+    resolve_mx_authenticated,
 )
 from pigeon.config import ConfigError, parse_host_port
 from pigeon.delivery.result import DeliveryResult, Outcome
+from pigeon.dns import authenticating
 from pigeon.queue.envelope import Envelope
 from pigeon.smtp import parse_mailbox
 
@@ -440,6 +444,9 @@ class SmtpSession:
         domain = self.domain
         literal = _domain_literal(domain)
         if literal is not None:
+            if self._require_tls:
+                detail = f"REQUIRETLS: {domain} is an address, with no DNSSEC-validated MX"
+                return _Failure(Outcome.FAILED, "5.7.30", detail)
             exchangers = [MailExchanger(literal, 0)]
         elif agent._resolver is None:
             return _Failure(
@@ -449,7 +456,21 @@ class SmtpSession:
             )
         else:
             try:
-                exchangers = await resolve_mx(domain, agent._resolver)
+                if self._require_tls:
+                    # RFC 8689 section 4.2.1: REQUIRETLS mail goes only to exchangers named
+                    # by DNSSEC-validated MX records (the certificate is then checked
+                    # against that name), else it is returned.
+                    exchangers, authentic = await resolve_mx_authenticated(
+                        domain, authenticating(agent._resolver)
+                    )
+                    if not authentic:
+                        detail = (
+                            f"REQUIRETLS: the MX records of {domain} are not DNSSEC-validated"
+                            " (the resolver did not set the AD flag)"
+                        )
+                        return _Failure(Outcome.FAILED, "5.7.30", detail)
+                else:
+                    exchangers = await resolve_mx(domain, agent._resolver)
             except MXError as error:
                 outcome = Outcome.FAILED if error.permanent else Outcome.DEFERRED
                 return _Failure(outcome, error.status, str(error))

@@ -4,8 +4,9 @@
 
 The configuration file holds the same kinds of entries; the store adds to it. Every lookup
 sees the store as it is now, so a change is seen by the next RCPT without a restart or a
-signal; answers are remembered until any process changes the store (the database files'
-sizes and times tell). Passwords are not here:
+signal: ``pigeon alias``, ``pigeon list``, ``pigeon user set`` and the web API tell the
+running workers after each change, and changes made any other way are noticed within a
+second (the database files' sizes and times tell). Passwords are not here:
 they live in the user store of ``pigeon.auth``.
 """
 
@@ -62,6 +63,7 @@ _SCHEMA = (
 _T = TypeVar("_T")
 _CACHE_LIMIT = 100_000  # entries; a lookup storm of made-up addresses cannot grow it further
 _CACHE_SECONDS = 2.0
+_CHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,8 @@ class DirectoryStore:
         self._lock = threading.Lock()
         self._cache: dict[tuple[str, str], object] = {}
         self._cache_version: tuple[int, ...] = ()
+        self._checked_at = -_CHECK_SECONDS
+        self.changed = False  # this object has written to the store (tell the workers)
         self._wal = path.with_name(path.name + "-wal")
         with self._lock:
             self._db.execute("PRAGMA journal_mode = WAL")
@@ -103,11 +107,11 @@ class DirectoryStore:
     def _version(self) -> tuple[int, ...]:
         """Changes whenever any process commits to the store: in WAL mode a commit appends
         to the -wal file and a checkpoint rewrites the main file, so their sizes and times
-        tell, for two stat() calls (SQLite's own ``PRAGMA data_version`` takes file locks,
-        several system calls, and cost more than the lookups it guarded). This process's
-        own writes go through ``_write``, which forgets the cache itself; and no answer is
-        kept longer than ``_CACHE_SECONDS``, for the rare commit that leaves both files'
-        size and time as they were."""
+        tell (SQLite's own ``PRAGMA data_version`` takes file locks, several system calls).
+        Even a stat() costs tens of microseconds on some machines, so the files are looked
+        at once every ``_CHECK_SECONDS`` at most; the commands that change the store tell
+        the running workers at once (``forget``), so the delay only concerns other writers.
+        No answer is kept longer than ``_CACHE_SECONDS``."""
         stamp: list[int] = [int(time.monotonic() // _CACHE_SECONDS)]
         for path in (self.path, self._wal):
             try:
@@ -118,12 +122,23 @@ class DirectoryStore:
                 stamp += (info.st_mtime_ns, info.st_size)
         return tuple(stamp)
 
-    def _cached(self, key: tuple[str, str], load: Callable[[], _T]) -> _T:
-        version = self._version()
+    def forget(self) -> None:
+        """Another process changed the store: the next lookups read it again."""
         with self._lock:
-            if version != self._cache_version:
-                self._cache.clear()
-                self._cache_version = version
+            self._cache.clear()
+            self._cache_version = ()
+            self._checked_at = -_CHECK_SECONDS
+
+    def _cached(self, key: tuple[str, str], load: Callable[[], _T]) -> _T:
+        now = time.monotonic()
+        if now - self._checked_at >= _CHECK_SECONDS:
+            self._checked_at = now
+            version = self._version()
+            with self._lock:
+                if version != self._cache_version:
+                    self._cache.clear()
+                    self._cache_version = version
+        with self._lock:
             if key in self._cache:
                 return cast(_T, self._cache[key])
         value = load()
@@ -136,6 +151,7 @@ class DirectoryStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            self.changed = True
             self._cache.clear()
             self._db.execute("BEGIN IMMEDIATE")
             try:

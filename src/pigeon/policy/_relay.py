@@ -3,7 +3,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from pigeon.delivery.local_checks import MailboxUsage, is_locked
+from pigeon.delivery.local_checks import MailboxLocks, MailboxUsage
 from pigeon.directory import Directory, Forward, Mailbox, MailingList, Moved
 from pigeon.smtp import Address, Reply, replies
 
@@ -38,6 +38,7 @@ class RelayPolicy:
         # its primary's mail, and kept until their owner fetches it with ATRN.
         self._held = frozenset(d.lower() for d in held_domains)
         self._usage = MailboxUsage()
+        self._locks = MailboxLocks()
         self._trusted: tuple[IPNetwork, ...] = tuple(
             ipaddress.ip_network(n, strict=False) for n in trusted_networks
         )
@@ -103,7 +104,7 @@ class RelayPolicy:
             return None
         mailbox = route.mailbox if isinstance(route, Forward) else route
         if isinstance(mailbox, Mailbox):
-            if is_locked(mailbox.path):
+            if self._locks.is_locked(mailbox.path):
                 return Reply.of(450, f"<{address}>: mailbox busy, try again later", "4.2.1")
             if mailbox.quota and self._usage.of(mailbox.path) + size >= mailbox.quota:
                 return Reply.of(552, f"<{address}>: mailbox full", "5.2.2")

@@ -5,10 +5,14 @@ worker to look, and carries back what it did. Each worker listens on a Unix sock
 abstract namespace (Linux), named after the data directory and the worker, so there is no
 file to leave behind or to clean up after a crash, and no path length limit. Ringing is
 harmless: a worker that is rung reads the requests waiting in the index, which only those
-who can write the index can put there.
+who can write the index can put there. Commands whose answer is not for everyone (the SMTP
+log shows addresses) are answered only to a peer running as the server's user or root: an
+abstract socket has no file permissions, so the kernel's word on the peer (SO_PEERCRED)
+stands in for them.
 
-The protocol is one line each way: ``wake`` in, then the worker's report lines, then
-an empty line.
+The protocol is one line each way: a command in (``wake``: read the requests waiting in
+the index; ``directory``: the directory store changed, forget what was remembered of it),
+then the worker's report lines, then an empty line.
 """
 
 from __future__ import annotations
@@ -16,16 +20,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import socket
-from collections.abc import Awaitable, Callable
+import struct
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 
 from pigeon.log import event
 
-__all__ = ["ControlListener", "is_running", "ring", "socket_name"]
+from .spool import spool_workers
 
-_WAKE = b"wake\n"
+__all__ = ["ControlListener", "announce", "is_running", "ring", "running_workers", "socket_name"]
+
+_WAKE = "wake"
+Handler = Callable[[], Awaitable[list[str]]]
 _READ_LIMIT = 1 << 20
+_CREDENTIALS = struct.calcsize("3i")  # struct ucred: pid, uid, gid
 
 
 def socket_name(data_dir: Path, worker: str) -> str:
@@ -42,14 +52,26 @@ class ControlListener:
 
     @classmethod
     async def open(
-        cls, data_dir: Path, worker: str, on_wake: Callable[[], Awaitable[list[str]]]
+        cls,
+        data_dir: Path,
+        worker: str,
+        on_wake: Handler,
+        *,
+        private: Collection[str] = (),
+        **handlers: Handler,
     ) -> ControlListener:
+        """``on_wake`` answers ``wake``; ``handlers`` the other commands, by name; those named
+        in ``private`` only to this user (or root)."""
+        commands = {_WAKE: on_wake, **handlers}
+
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
                 line = await asyncio.wait_for(reader.readline(), 10)
-                if line != _WAKE:
+                command = line.decode("ascii", "replace").strip()
+                handler = commands.get(command)
+                if handler is None or (command in private and not _trusted_peer(writer)):
                     return
-                lines = await on_wake()
+                lines = await handler()
                 writer.write("".join(f"{text}\n" for text in lines).encode() + b"\n")
                 await writer.drain()
             except (OSError, TimeoutError) as error:
@@ -67,15 +89,31 @@ class ControlListener:
         await self._server.wait_closed()
 
 
-def ring(data_dir: Path, worker: str, *, timeout: float = 60.0) -> list[str] | None:
-    """Wake ``worker`` and return what it did; None when no such worker is running."""
+def _trusted_peer(writer: asyncio.StreamWriter) -> bool:
+    """Whether the process at the other end runs as this process's user, or as root."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        credentials = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS)
+    except (OSError, AttributeError):
+        return False
+    _pid, uid, _gid = struct.unpack("3i", credentials)
+    return uid in (os.getuid(), 0)
+
+
+def ring(
+    data_dir: Path, worker: str, *, timeout: float = 60.0, command: str = _WAKE
+) -> list[str] | None:
+    """Send ``command`` (default: wake) to ``worker`` and return what it did; None when no
+    such worker is running."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
             sock.connect(socket_name(data_dir, worker))
         except (ConnectionRefusedError, FileNotFoundError):
             return None
-        sock.sendall(_WAKE)
+        sock.sendall(f"{command}\n".encode("ascii"))
         received = bytearray()
         while not received.endswith(b"\n\n") and received != b"\n":
             chunk = sock.recv(65536)
@@ -95,3 +133,23 @@ def is_running(data_dir: Path, worker: str) -> bool:
         except (ConnectionRefusedError, FileNotFoundError):
             return False
     return True
+
+
+def running_workers(data_dir: Path) -> set[str]:
+    """The workers of the server using ``data_dir`` that listen now, found among the
+    abstract sockets the kernel lists (``/proc/net/unix``); with no such list, the workers
+    that have spool segments (which may include some that do not run)."""
+    prefix = "@" + socket_name(data_dir, "")[1:]
+    try:
+        with open("/proc/net/unix", encoding="utf-8", errors="replace") as table:
+            paths = [line.split()[-1] for line in table if line.rstrip().count(" ") >= 7]
+    except OSError:
+        return spool_workers(data_dir / "spool")
+    return {path[len(prefix) :] for path in paths if path.startswith(prefix)}
+
+
+def announce(data_dir: Path, command: str) -> int:
+    """Send ``command`` to every running worker of the server using ``data_dir``; returns
+    how many heard it."""
+    workers = running_workers(data_dir)
+    return sum(ring(data_dir, w, timeout=10, command=command) is not None for w in workers)

@@ -54,7 +54,7 @@ from typing import Any, Protocol, Self, TypeVar
 
 from pigeon import metrics
 from pigeon.bounce import Action, RecipientStatus, build_dsn
-from pigeon.delivery.local_checks import MailboxUsage, find_loop, header_of, is_locked
+from pigeon.delivery.local_checks import MailboxLocks, MailboxUsage, find_loop, header_of
 from pigeon.delivery.result import DeliveryResult, MaildirItem, Outcome
 from pigeon.log import event, event_at
 
@@ -252,6 +252,7 @@ class Scheduler:
         self._hop_limit = hop_limit
         self._quota_exceeded = quota_exceeded
         self._usage = MailboxUsage()
+        self._locks = MailboxLocks()
         self._remote = remote_agent
         self._terminal = terminal_agent
         self._concurrency = concurrency
@@ -677,7 +678,7 @@ class Scheduler:
             loop = find_loop(header, recipient, hop_limit=self._hop_limit)
             if loop is not None:
                 return DeliveryResult(recipient, Outcome.FAILED, "5.4.6", loop)
-        if is_locked(mailbox.maildir):
+        if self._locks.is_locked(mailbox.maildir):
             detail = "mailbox busy: locked by another program; will try again"
             return DeliveryResult(recipient, Outcome.DEFERRED, "4.2.1", detail)
         if mailbox.quota and self._usage.of(mailbox.maildir) + job.message.size > mailbox.quota:

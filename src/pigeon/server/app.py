@@ -175,7 +175,10 @@ class Server:
         if report.missing:
             log("queue_missing", messages=len(report.missing), fix="pigeon queue check")
         self._control = await ControlListener.open(
-            config.data_dir, self.worker, scheduler.apply_requests
+            config.data_dir,
+            self.worker,
+            scheduler.apply_requests,
+            directory=self._forget_directory,
         )
         await scheduler.apply_requests()  # what was asked while no server ran
 
@@ -214,6 +217,12 @@ class Server:
                     tls=listener.tls,
                 )
         self.web = await start_web(self)
+
+    async def _forget_directory(self) -> list[str]:
+        """``pigeon alias`` and the like changed the directory store: read it afresh."""
+        if self._directory_store is not None:
+            self._directory_store.forget()
+        return [f"{self.worker}: directory reloaded"]
 
     async def reload_tls(self) -> bool:
         """Read the certificate and key again (SIGHUP). New sessions get the new context,

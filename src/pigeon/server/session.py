@@ -115,6 +115,8 @@ class Session(asyncio.Protocol):
         # counted against its address's limit, the command budget of commands_per_minute.
         self._greeting: asyncio.TimerHandle | None = None
         self._counted = False
+        self._bytes_in = 0
+        self._bytes_out = 0
         self._command_rate: CommandRate | None = None
         self._reset()
 
@@ -217,7 +219,7 @@ class Session(asyncio.Protocol):
             conn.start(replies.early_talker(self._context.config.hostname))
             self._flush()
             return
-        metrics.BYTES_IN.inc(len(data))
+        self._bytes_in += len(data)
         self._transcript.client(data)
         conn.receive_data(data)
         self._pump()
@@ -231,6 +233,10 @@ class Session(asyncio.Protocol):
         context = self._context
         context.sessions.discard(self)
         metrics.SESSIONS_OPEN.dec()
+        # Counted once per session: a metric update costs more than the counting, and a
+        # session's octets are worth knowing when it ends.
+        metrics.BYTES_IN.inc(self._bytes_in)
+        metrics.BYTES_OUT.inc(self._bytes_out)
         self._transcript.end()
         if self._greeting is not None:
             self._greeting.cancel()
@@ -688,7 +694,7 @@ class Session(asyncio.Protocol):
             return
         out = conn.data_to_send()
         if out and not transport.is_closing():
-            metrics.BYTES_OUT.inc(len(out))
+            self._bytes_out += len(out)
             self._transcript.server(out)
             transport.write(out)
         if conn.state is State.CLOSED:

@@ -21,6 +21,7 @@ from pigeon.directory.admin import (
     UserEntry,
     describe_route,
 )
+from pigeon.queue.control import announce
 
 from . import models
 from .access import Admin, Context
@@ -56,6 +57,9 @@ def _with_admin(context: WebContext, work: Callable[[DirectoryAdmin], _T]) -> _T
         raise HTTPException(_STATUS[error.problem], str(error)) from None
     finally:
         store.close()
+        if store.changed:
+            # Every worker (this one too: the handler runs in a thread, its loop answers).
+            announce(context.config.data_dir, "directory")
 
 
 def _alias(entry: AliasEntry) -> models.AliasModel:
