@@ -5,11 +5,13 @@ The session hands over the bytes it reads and writes (one call each); this modul
 into lines. It keeps commands and replies only: message text shows as its size, and AUTH
 secrets (the initial response, and every line answering a 334) as ``****``. Everything is
 bounded: a few hundred lines per session, a few hundred characters per line, and the last
-``capacity`` sessions. Nothing is recorded until ``enable()`` is called (by the web app), so a
-server without the UI pays one attribute look-up per read.
+``capacity`` sessions. Nothing is recorded until ``enable()`` is called (by each worker when
+the web UI is configured), so a server without the UI pays one attribute look-up per read.
 
 Like the metrics, this is neutral ground between ``pigeon.server`` and ``pigeon.web``. Each
-worker process keeps its own sessions.
+worker process keeps its own sessions, in memory; the web app asks the other workers for
+theirs when someone looks (``pigeon.worker_transcripts``), so recording costs a session no
+more with several workers than with one.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Transcript:
     ended: float | None = None
     lines: list[tuple[str, str]] = field(default_factory=list)  # (">" or "<", text)
     number: int = 0  # order of sessions in this process, for the UI
+    worker: str = ""  # the process that served it (``w0``, ``w1``, ...)
 
     @property
     def live(self) -> bool:
@@ -46,14 +49,17 @@ class Transcript:
 class TranscriptLog:
     """The sessions running now and the last ``capacity`` that ended."""
 
-    def __init__(self, capacity: int = 50) -> None:
+    def __init__(self, capacity: int = 50, worker: str = "w0") -> None:
+        self.worker = worker
         self._ended: deque[Transcript] = deque(maxlen=capacity)
         self._live: dict[int, Transcript] = {}
         self._numbers = itertools.count(1)
         self.version = 0  # changes whenever anything does: a cheap "is there news?"
 
     def open(self, session: str, client: str) -> Transcript:
-        transcript = Transcript(session, client, time.time(), number=next(self._numbers))
+        transcript = Transcript(
+            session, client, time.time(), number=next(self._numbers), worker=self.worker
+        )
         self._live[transcript.number] = transcript
         self.version += 1
         return transcript
@@ -232,11 +238,12 @@ _OFF = _Off()
 _log: TranscriptLog | None = None
 
 
-def enable(capacity: int = 50) -> TranscriptLog:
-    """Start recording sessions (those that start from now on) in this process."""
+def enable(capacity: int = 50, worker: str = "w0") -> TranscriptLog:
+    """Start recording sessions (those that start from now on) in this process, the worker
+    called ``worker``. Called again, it keeps the log it has."""
     global _log
     if _log is None:
-        _log = TranscriptLog(capacity)
+        _log = TranscriptLog(capacity, worker)
     return _log
 
 

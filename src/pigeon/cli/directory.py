@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from pigeon.config import ConfigError, load_config
+from pigeon.config import ConfigError
 from pigeon.directory import DirectoryStore
 from pigeon.directory.admin import (
     DirectoryAdmin,
@@ -37,6 +35,7 @@ from pigeon.directory.admin import (
 from pigeon.queue.control import announce
 
 from . import _exit
+from ._config import add_config_options, config_path, load_command_config
 
 __all__ = ["add_user_actions", "register"]
 
@@ -46,16 +45,6 @@ ActionFactory = Callable[[str, str], argparse.ArgumentParser]
 def register(commands: Any) -> None:
     _register_alias(commands)
     _register_list(commands)
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-c",
-        "--config",
-        type=Path,
-        help="the server's TOML configuration (default: $PIGEON_CONFIG)",
-    )
-    parser.add_argument("--data-dir", type=Path, help="the server's data directory")
 
 
 def _register_alias(commands: Any) -> None:
@@ -79,7 +68,7 @@ def _register_alias(commands: Any) -> None:
     listing.add_argument("--json", action="store_true", help="print JSON, for scripts")
     listing.set_defaults(run=_alias_list)
     for sub in (add, delete, listing):
-        _common(sub)
+        add_config_options(sub)
 
 
 def _register_list(commands: Any) -> None:
@@ -122,7 +111,7 @@ def _register_list(commands: Any) -> None:
     listing.add_argument("--json", action="store_true", help="print JSON, for scripts")
     listing.set_defaults(run=_list_list)
     for sub in (create, change, add, remove, delete, show, listing):
-        _common(sub)
+        add_config_options(sub)
 
 
 def add_user_actions(action: ActionFactory) -> None:
@@ -167,12 +156,8 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 def _run(args: argparse.Namespace, work: Callable[[DirectoryAdmin], int]) -> int:
     command = f"pigeon {args.command} {args.action}"
     try:
-        path = args.config
-        if path is None and os.environ.get("PIGEON_CONFIG"):
-            path = Path(os.environ["PIGEON_CONFIG"])
-        config = load_config(path)
-        if args.data_dir is not None:
-            config = config.with_overrides(data_dir=args.data_dir)
+        path = config_path(args)
+        config = load_command_config(args)
         store = DirectoryStore(config.directory_db)
     except ConfigError as error:
         print(f"{command}: {error}", file=sys.stderr)

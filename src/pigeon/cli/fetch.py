@@ -16,20 +16,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from pigeon.client import AuthError, SendError, SMTPClient
-from pigeon.config import Config, ConfigError, load_config
+from pigeon.config import Config, ConfigError
 from pigeon.queue.spool import SpoolError
 from pigeon.server import Server
 from pigeon.server.context import Listener
 from pigeon.server.session import Session
 
 from . import _exit
+from ._config import add_config_options, load_command_config
 from ._sending import ServerOptions, add_server_options, print_transcript, server_options
 
 __all__ = ["register"]
@@ -52,24 +51,13 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "domains", nargs="*", metavar="DOMAIN", help="domains to fetch (default: all yours)"
     )
-    parser.add_argument(
-        "-c",
-        "--config",
-        type=Path,
-        help="the local Pigeon's configuration (default: $PIGEON_CONFIG, else the defaults)",
-    )
-    parser.add_argument("--data-dir", type=Path, help="the local data_dir (overrides -c)")
+    add_config_options(parser, whose="the local Pigeon's")
     add_server_options(parser)
     parser.set_defaults(run=_run)
 
 
 def _local_config(args: argparse.Namespace) -> Config:
-    path = args.config
-    if path is None and os.environ.get("PIGEON_CONFIG"):
-        path = Path(os.environ["PIGEON_CONFIG"])
-    config = load_config(path)
-    if args.data_dir is not None:
-        config = config.with_overrides(data_dir=args.data_dir)
+    config = load_command_config(args)
     # One loopback listener on a port of the kernel's choosing: the sessions of this command
     # come over the provider's connection, never through a listening socket of its own.
     listener = replace(config.listen[0], address="127.0.0.1:0", tls="none", role="mx")

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from pigeon.config import ConfigError, load_config
+from pigeon.config import ConfigError
 from pigeon.queue.admin import ActionReport, MessageReport, Problem, QueueAdmin, UnknownMessage
 from pigeon.queue.index import IndexedMessage, IndexedRecipient, QueueIndexError, RequestAction
 
 from . import _exit
+from ._config import add_config_options, load_command_config
 
 __all__ = ["register"]
 
@@ -36,13 +36,7 @@ _ACTIONS = {
 
 def register(commands: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "-c",
-        "--config",
-        type=Path,
-        help="the server's TOML configuration (default: $PIGEON_CONFIG, else the defaults)",
-    )
-    common.add_argument("--data-dir", type=Path, help="the server's data_dir (overrides -c)")
+    add_config_options(common)
     common.add_argument("--json", action="store_true", help="print JSON, for scripts")
     parser: argparse.ArgumentParser = commands.add_parser(
         "queue",
@@ -87,12 +81,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _admin(args: argparse.Namespace) -> QueueAdmin:
-    if args.data_dir is not None:
-        return QueueAdmin(args.data_dir)
-    path = args.config
-    if path is None and os.environ.get("PIGEON_CONFIG"):
-        path = Path(os.environ["PIGEON_CONFIG"])
-    return QueueAdmin(load_config(path).data_dir)
+    return QueueAdmin(load_command_config(args).data_dir)
 
 
 def _fail(args: argparse.Namespace, message: str, status: int) -> int:
@@ -100,13 +89,23 @@ def _fail(args: argparse.Namespace, message: str, status: int) -> int:
     return status
 
 
-def _list(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, work: Callable[[QueueAdmin], int]) -> int:
+    """``work`` with the queue of the configured server; its failures as exit statuses."""
     try:
-        messages = _admin(args).messages()
+        return work(_admin(args))
     except ConfigError as error:
         return _fail(args, str(error), _exit.CONFIG)
     except QueueIndexError as error:
         return _fail(args, str(error), IO_ERROR)
+    except UnknownMessage:
+        return _fail(args, f"no message {args.queue_id} in the queue", _exit.NO_INPUT)
+
+
+def _list(args: argparse.Namespace) -> int:
+    return _run(args, lambda admin: _print_list(args, admin.messages()))
+
+
+def _print_list(args: argparse.Namespace, messages: list[IndexedMessage]) -> int:
     if args.json:
         print(json.dumps([_message_json(m) for m in messages], indent=2, ensure_ascii=False))
         return _exit.OK
@@ -128,19 +127,15 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    try:
-        report = _admin(args).show(args.queue_id)
-    except ConfigError as error:
-        return _fail(args, str(error), _exit.CONFIG)
-    except QueueIndexError as error:
-        return _fail(args, str(error), IO_ERROR)
-    except UnknownMessage:
-        return _fail(args, f"no message {args.queue_id} in the queue", _exit.NO_INPUT)
-    if args.json:
-        print(json.dumps(_report_json(report), indent=2, ensure_ascii=False))
-    else:
-        _print_report(report)
-    return _exit.OK
+    def work(admin: QueueAdmin) -> int:
+        report = admin.show(args.queue_id)
+        if args.json:
+            print(json.dumps(_report_json(report), indent=2, ensure_ascii=False))
+        else:
+            _print_report(report)
+        return _exit.OK
+
+    return _run(args, work)
 
 
 def _act(args: argparse.Namespace) -> int:
@@ -148,26 +143,23 @@ def _act(args: argparse.Namespace) -> int:
     domain = getattr(args, "domain", None)
     if domain is not None and args.queue_id is not None:
         return _fail(args, "give a queue id or --domain, not both", _exit.USAGE)
-    try:
-        report = _admin(args).act(action, queue_id=args.queue_id, domain=domain)
-    except ConfigError as error:
-        return _fail(args, str(error), _exit.CONFIG)
-    except QueueIndexError as error:
-        return _fail(args, str(error), IO_ERROR)
-    except UnknownMessage:
-        return _fail(args, f"no message {args.queue_id} in the queue", _exit.NO_INPUT)
-    if args.json:
-        print(json.dumps(_action_json(report), indent=2, ensure_ascii=False))
+
+    def work(admin: QueueAdmin) -> int:
+        report = admin.act(action, queue_id=args.queue_id, domain=domain)
+        if args.json:
+            print(json.dumps(_action_json(report), indent=2, ensure_ascii=False))
+        else:
+            _print_action(report, args)
         return _exit.OK
-    _print_action(report, args)
-    return _exit.OK
+
+    return _run(args, work)
 
 
 def _check(args: argparse.Namespace) -> int:
-    try:
-        problems = _admin(args).check()
-    except ConfigError as error:
-        return _fail(args, str(error), _exit.CONFIG)
+    return _run(args, lambda admin: _print_problems(args, admin.check()))
+
+
+def _print_problems(args: argparse.Namespace, problems: list[Problem]) -> int:
     if args.json:
         print(json.dumps([_problem_json(p) for p in problems], indent=2, ensure_ascii=False))
     elif not problems:

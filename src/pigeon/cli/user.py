@@ -17,13 +17,13 @@ import getpass
 import json
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from pigeon.auth import UserExists, UserStore, UserStoreError, normalize_address
-from pigeon.config import Config, ConfigError, load_config
+from pigeon.config import Config, ConfigError
 
 from . import _exit, directory
+from ._config import add_config_options, load_command_config
 
 __all__ = ["register"]
 
@@ -43,8 +43,7 @@ def register(commands: Any) -> None:
         sub: argparse.ArgumentParser = actions.add_parser(
             name, help=help_text, description=help_text
         )
-        sub.add_argument("-c", "--config", type=Path, help="the server's TOML configuration file")
-        sub.add_argument("--data-dir", type=Path, help="the server's data directory")
+        add_config_options(sub)
         return sub
 
     add = action("add", "add a user, who may then authenticate and send")
@@ -75,10 +74,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    config = load_config(args.config)
-    if args.data_dir is not None:
-        config = config.with_overrides(data_dir=args.data_dir)
-    return config
+    return load_command_config(args)
 
 
 def _open(config: Config) -> UserStore:

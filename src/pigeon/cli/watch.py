@@ -15,17 +15,17 @@ import argparse
 import asyncio
 import contextlib
 import getpass
-import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from pigeon.auth import UserStore
-from pigeon.config import Config, ConfigError, load_config
+from pigeon.config import Config, ConfigError
 from pigeon.delivery.terminal import TerminalMessage, open_terminal
 
 from . import _exit
+from ._config import add_config_options, load_command_config
 
 __all__ = ["format_message", "register"]
 
@@ -38,13 +38,7 @@ def register(commands: Any) -> None:
         "(SMTP SEND, SOML, SAML) as it arrives, until interrupted.",
     )
     parser.add_argument("user", help="the user's address, their login name")
-    parser.add_argument(
-        "-c",
-        "--config",
-        type=Path,
-        help="the server's TOML configuration (default: $PIGEON_CONFIG, else the defaults)",
-    )
-    parser.add_argument("--data-dir", type=Path, help="the server's data_dir (overrides -c)")
+    add_config_options(parser)
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--password-file", type=Path, help="read the password from this file (first line)"
@@ -56,13 +50,7 @@ def register(commands: Any) -> None:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    path = args.config
-    if path is None and os.environ.get("PIGEON_CONFIG"):
-        path = Path(os.environ["PIGEON_CONFIG"])
-    config = load_config(path)
-    if args.data_dir is not None:
-        config = config.with_overrides(data_dir=args.data_dir)
-    return config
+    return load_command_config(args)
 
 
 def _password(args: argparse.Namespace) -> str:

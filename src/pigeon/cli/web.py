@@ -13,18 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from pigeon.auth import UserStore, UserStoreError, normalize_address
-from pigeon.config import Config, ConfigError, load_config
+from pigeon.config import Config, ConfigError
 from pigeon.web.context import web_db
 from pigeon.web.store import WebStore
 
 from . import _exit
+from ._config import add_config_options, load_command_config
 
 __all__ = ["register"]
 
@@ -49,8 +48,7 @@ def register(commands: Any) -> None:
         sub: argparse.ArgumentParser = actions.add_parser(
             name, help=help_text, description=help_text
         )
-        sub.add_argument("-c", "--config", type=Path, help="the server's TOML configuration file")
-        sub.add_argument("--data-dir", type=Path, help="the server's data directory")
+        add_config_options(sub)
         return sub
 
     create = action("create", "make a token acting as a user of users.db; prints it once")
@@ -71,12 +69,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    path = args.config
-    if path is None and os.environ.get("PIGEON_CONFIG"):
-        path = Path(os.environ["PIGEON_CONFIG"])
-    config = load_config(path)
-    if args.data_dir is not None:
-        config = config.with_overrides(data_dir=args.data_dir)
+    config = load_command_config(args)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     return config
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pigeon import transcripts, worker_transcripts
 from pigeon.auth import UserStore
 from pigeon.config import Config, ConfigError, check_tls
 from pigeon.delivery import MaildirAgent
@@ -179,8 +180,14 @@ class Server:
             self.worker,
             scheduler.apply_requests,
             directory=self._forget_directory,
+            transcripts=worker_transcripts.answer,
+            private=(worker_transcripts.COMMAND,),
         )
         await scheduler.apply_requests()  # what was asked while no server ran
+        if config.web.enabled:
+            # In every worker, not only w0 which serves the SMTP log: the kernel gives each
+            # its share of the sessions, and w0 asks the others for theirs.
+            transcripts.enable(worker=self.worker)
 
         loop = asyncio.get_running_loop()
         for listener_config in config.listen:

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response
 
-from pigeon import __version__, transcripts
+from pigeon import __version__, worker_transcripts
 from pigeon.queue import admin as queue_admin
 from pigeon.queue.index import IndexedMessage, QueueIndex, QueueIndexError, RequestAction
 
@@ -361,22 +361,22 @@ def status(context: Context, _admin: Admin) -> models.Status:
 
 @router.get("/sessions", response_model=list[models.SessionTranscript], tags=["server"])
 def sessions(
-    _admin: Admin, limit: Annotated[int, Query(ge=1, le=200)] = 50
+    context: Context, _admin: Admin, limit: Annotated[int, Query(ge=1, le=200)] = 50
 ) -> list[models.SessionTranscript]:
-    """Transcripts of the recent SMTP sessions of this process, newest first."""
-    log = transcripts.log()
-    if log is None:
-        return []
+    """Transcripts of the recent SMTP sessions of every worker, live and ended, newest
+    first."""
+    found = worker_transcripts.recent(context.config.data_dir, context.status.worker, limit)
     return [
         models.SessionTranscript(
+            worker=t.worker,
             number=t.number,
             session=t.session,
             client=t.client,
             started=datetime.fromtimestamp(t.started, UTC),
             ended=_when(t.ended),
-            lines=[models.TranscriptLine(direction=d, text=x) for d, x in list(t.lines)],
+            lines=[models.TranscriptLine(direction=d, text=x) for d, x in t.lines],
         )
-        for t in log.recent(limit)
+        for t in found
     ]
 
 

@@ -34,7 +34,8 @@ def create_app(context: WebContext) -> FastAPI:
         redoc_url=None,
     )
     app.state.context = context
-    transcripts.enable()  # the SMTP log page shows the sessions of this process from now on
+    # The server has enabled recording already; an app run on its own (tests) starts it here.
+    transcripts.enable(worker=context.status.worker)
     app.include_router(api.router)
     app.include_router(directory_api.router)
     app.include_router(ops.router)

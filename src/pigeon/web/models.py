@@ -168,7 +168,8 @@ class TranscriptLine(BaseModel):
 
 
 class SessionTranscript(BaseModel):
-    number: int
+    worker: str = Field(description="the worker process that served the session: w0, w1, ...")
+    number: int = Field(description="the order of the session among its worker's")
     session: str
     client: str
     started: datetime

@@ -22,7 +22,7 @@ from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 
-from pigeon import transcripts
+from pigeon import worker_transcripts
 from pigeon.queue import admin as queue_admin
 from pigeon.queue.index import QueueIndexError, RequestAction
 
@@ -330,9 +330,7 @@ def sessions_list(request: Request, context: Context) -> HTMLResponse:
 
 
 def _sessions(context: Context) -> dict[str, Any]:
-    log = transcripts.log()
     return {
-        "sessions": log.recent(50) if log is not None else [],
+        "sessions": worker_transcripts.recent(context.config.data_dir, context.status.worker),
         "open_sessions": open_sessions(context.status.sessions),
-        "worker": context.status.worker,
     }

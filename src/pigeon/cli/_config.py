@@ -1,0 +1,38 @@
+"""The options by which the commands that work on a server's data find it: ``-c FILE``
+(or ``$PIGEON_CONFIG``) and ``--data-dir DIR``, the same in every command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from pigeon.config import Config, load_config
+
+__all__ = ["add_config_options", "config_path", "load_command_config"]
+
+
+def add_config_options(parser: argparse.ArgumentParser, *, whose: str = "the server's") -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        help=f"{whose} TOML configuration (default: $PIGEON_CONFIG, else the defaults)",
+    )
+    parser.add_argument("--data-dir", type=Path, help=f"{whose} data_dir (overrides -c)")
+
+
+def config_path(args: argparse.Namespace) -> Path | None:
+    """The configuration file named by -c or $PIGEON_CONFIG; None: the defaults."""
+    if args.config is not None:
+        return Path(args.config)
+    named = os.environ.get("PIGEON_CONFIG")
+    return Path(named) if named else None
+
+
+def load_command_config(args: argparse.Namespace) -> Config:
+    """The configuration, with --data-dir on top; raises ConfigError naming the problem."""
+    config = load_config(config_path(args))
+    if args.data_dir is not None:
+        config = config.with_overrides(data_dir=args.data_dir)
+    return config
