@@ -359,6 +359,9 @@ class PigeonServer(ProcessServer):
                 f'users = ["{USER}"]\n'
                 "[limits]\n"
                 f"connections = {self.connections}\n"
+                # Every load comes from 127.0.0.1: no per-address limit (Postfix exempts its
+                # mynetworks, loopback included, from its per-client limits likewise).
+                "connections_per_ip = 0\n"
             )
             command += ["-c", str(config)]
         if self.workers is not None:

@@ -49,15 +49,15 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, TypeVar
 
 from pigeon import metrics
-from pigeon.bounce import Action, RecipientStatus, build_dsn
+from pigeon.bounce import build_dsn
 from pigeon.delivery.local_checks import MailboxLocks, MailboxUsage, find_loop, header_of
 from pigeon.delivery.result import DeliveryResult, MaildirItem, Outcome
 from pigeon.log import event, event_at
 
+from .agents import LocalAgent, RemoteAgent, RemoteSession, TerminalAgent
 from .envelope import Envelope
 from .index import (
     IndexChanges,
@@ -68,17 +68,11 @@ from .index import (
     Request,
     RequestAction,
 )
+from .notices import dropped_double_bounce, plan_notice
 from .routing import DIRECT, Held, Refused, Router, ToExpansion, ToMailbox
 from .spool import BodyReader, MessageWriter, Spool, SpooledMessage
 
-__all__ = [
-    "LocalAgent",
-    "RemoteAgent",
-    "RemoteSession",
-    "ResumeReport",
-    "Scheduler",
-    "TerminalAgent",
-]
+__all__ = ["ResumeReport", "Scheduler"]
 
 MaildirFinder = Callable[[str], Path | None]
 
@@ -97,58 +91,6 @@ _COPY_CHUNK = 256 * 1024
 # How many messages waiting for one destination one connection is left to carry before
 # another is opened (Postfix ramps up its per-destination concurrency in a similar spirit).
 _SHARED_PER_CONNECTION = 10
-
-
-class LocalAgent(Protocol):
-    """What the scheduler needs of a local delivery agent (``pigeon.delivery.MaildirAgent``).
-
-    The queue names the interface instead of importing the agent: agents are given to it, so
-    ``pigeon.delivery`` may use the queue's data types without an import cycle."""
-
-    def deliver_many(self, items: Sequence[MaildirItem]) -> list[DeliveryResult]: ...
-
-    def sync_new_dirs(self, maildirs: Iterable[Path]) -> dict[Path, DeliveryResult | None]: ...
-
-
-class RemoteSession(Protocol):
-    """One connection to a destination, for several messages (``SmtpAgent.session``)."""
-
-    async def deliver(
-        self,
-        recipients: Sequence[str],
-        *,
-        envelope: Envelope,
-        body: bytes,
-        positions: Sequence[int] | None = None,
-    ) -> list[DeliveryResult]: ...
-
-    async def __aenter__(self) -> Self: ...
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
-
-
-class RemoteAgent(Protocol):
-    """What the scheduler needs of the outbound agent (``pigeon.delivery.smtp.SmtpAgent``)."""
-
-    def destination(self, domain: str) -> str:
-        """Which connection mail for ``domain`` travels on: the domain, or the relayhost."""
-        ...
-
-    def session(self, domain: str) -> RemoteSession: ...
-
-
-class TerminalAgent(Protocol):
-    """What the scheduler needs of the terminal agent (``pigeon.delivery.terminal``): show a
-    SEND, SOML or SAML message on a local user's terminals; True when one showed it."""
-
-    async def write(
-        self, address: str, *, recipient: str, envelope: Envelope, queue_id: str, message: bytes
-    ) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -1142,87 +1084,41 @@ class Scheduler:
         delivered: list[tuple[int, DeliveryResult]],
         delayed: list[tuple[int, DeliveryResult]],
     ) -> None:
-        """One RFC 3464 report to the sender about every event of this attempt that the
-        recipients' NOTIFY asks to hear of."""
+        """One RFC 3464 report about every event of this attempt that the recipients' NOTIFY
+        asks to hear of (``pigeon.queue.notices`` decides), stored and queued from <>."""
         envelope = job.envelope
-        statuses: list[RecipientStatus] = []
-        now = self._clock()
-        for position, result in failed:
-            if "FAILURE" in envelope.notify(position):
-                statuses.append(self._status(job, position, result, Action.FAILED, now))
-        for position, result in delayed:
-            if "DELAY" in envelope.notify(position):
-                status = self._status(job, position, result, Action.DELAYED, now)
-                statuses.append(status)
-        for position, result in delivered:
-            if "SUCCESS" not in envelope.notify(position) or result.dsn_passed_on:
-                continue  # the next hop, which took NOTIFY along, will report success
-            # RFC 3461 section 6.2.3: "relayed" when the next hop cannot report success.
-            if result.expanded:
-                action = Action.EXPANDED  # sent on to the addresses it stands for
-            else:
-                action = Action.RELAYED if result.remote_mta else Action.DELIVERED
-            statuses.append(self._status(job, position, result, action, now))
-        if not statuses:
+        notice = plan_notice(
+            envelope,
+            failed=failed,
+            delivered=delivered,
+            delayed=delayed,
+            postmaster=self._postmaster,
+            max_lifetime=self._max_lifetime,
+            now=self._clock(),
+        )
+        if notice is None:
+            if dropped_double_bounce(envelope, failed):
+                event("bounce_dropped", queue_id=job.queue_id, reason="double bounce")
             return
-        to = envelope.sender
-        warning = all(s.action is Action.DELAYED for s in statuses)
-        if not to:
-            # A bounce never bounces (RFC 5321 section 6.1): the failure of a message with
-            # the null sender goes to the postmaster, and a failure of that is only logged.
-            failures = [s for s in statuses if s.action is Action.FAILED]
-            if not failures or self._postmaster is None or self._postmaster in envelope.recipients:
-                if failures:
-                    event("bounce_dropped", queue_id=job.queue_id, reason="double bounce")
-                return
-            to, statuses = self._postmaster, failures
-        if warning:
-            until = envelope.received_at + self._max_lifetime
-            statuses = [
-                RecipientStatus(
-                    s.recipient,
-                    s.action,
-                    s.status,
-                    s.diagnostic,
-                    s.remote_mta,
-                    s.original_recipient,
-                    s.last_attempt,
-                    until,
-                )
-                for s in statuses
-            ]
         original = await asyncio.to_thread(self._read_original, job)
         report = build_dsn(
             reporting_mta=self._reporting_mta,
-            sender=to,
+            sender=notice.to,
             original=original,
             arrival=envelope.received_at,
-            recipients=statuses,
+            recipients=notice.statuses,
             queue_id=job.queue_id,
             envelope_id=envelope.envelope_id,
             headers_only=envelope.return_headers_only or job.message.size > _RETURN_WHOLE_LIMIT,
         )
         writer = self._spool.new_message()
         writer.write(report)
-        notice = Envelope(sender="", recipients=(to,), received_at=time.time())
-        stored = await self._spool.commit(writer, notice)
-        kind = "delay_warning" if warning else "bounce"
-        event(kind, queue_id=job.queue_id, bounce_id=stored.queue_id, to=f"<{to}>")
-        self.submit(stored)
-
-    @staticmethod
-    def _status(
-        job: _Job, position: int, result: DeliveryResult, action: Action, now: float
-    ) -> RecipientStatus:
-        return RecipientStatus(
-            result.recipient,
-            action,
-            result.status,
-            result.detail,
-            result.remote_mta or None,
-            job.envelope.original_recipient(position),
-            last_attempt=now,
+        stored = await self._spool.commit(
+            writer, Envelope(sender="", recipients=(notice.to,), received_at=time.time())
         )
+        kind = "delay_warning" if notice.warning else "bounce"
+        event(kind, queue_id=job.queue_id, bounce_id=stored.queue_id, to=f"<{notice.to}>")
+        self.submit(stored)
 
     @staticmethod
     def _read_original(job: _Job) -> bytes:
