@@ -98,6 +98,13 @@ class MailboxUsage:
         self._known: dict[Path, tuple[tuple[int, int], int]] = {}
         self._lock = threading.Lock()
 
+    def peek(self, maildir: Path) -> int | None:
+        """The last sum taken for ``maildir`` (None: never taken), without looking at the
+        disk: what the RCPT check uses on the event loop unless the mailbox looks full."""
+        with self._lock:
+            known = self._known.get(maildir)
+        return None if known is None else known[1]
+
     def of(self, maildir: Path) -> int:
         stamps = (_mtime(maildir / "new"), _mtime(maildir / "cur"))
         with self._lock:

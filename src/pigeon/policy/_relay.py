@@ -32,12 +32,14 @@ class RelayPolicy:
         trusted_networks: Iterable[str] = (),
         *,
         held_domains: Iterable[str] = (),
+        usage: MailboxUsage | None = None,
     ) -> None:
+        """``usage``: the mailbox sums the local deliveries keep up to date (the queue's)."""
         self._directory = directory
         # Domains held for on-demand relay ([odmr]): taken from anyone, as a backup MX takes
         # its primary's mail, and kept until their owner fetches it with ATRN.
         self._held = frozenset(d.lower() for d in held_domains)
-        self._usage = MailboxUsage()
+        self._usage = usage or MailboxUsage()
         self._locks = MailboxLocks()
         self._trusted: tuple[IPNetwork, ...] = tuple(
             ipaddress.ip_network(n, strict=False) for n in trusted_networks
@@ -106,9 +108,20 @@ class RelayPolicy:
         if isinstance(mailbox, Mailbox):
             if self._locks.is_locked(mailbox.path):
                 return Reply.of(450, f"<{address}>: mailbox busy, try again later", "4.2.1")
-            if mailbox.quota and self._usage.of(mailbox.path) + size >= mailbox.quota:
+            if mailbox.quota and self._over_quota(mailbox, size):
                 return Reply.of(552, f"<{address}>: mailbox full", "5.2.2")
         if isinstance(route, Forward):
             shown = ", ".join(f"<{t}>" for t in route.targets[:3])
             return Reply.of(251, f"User not local; will forward to {shown}", "2.1.5")
         return None
+
+    def _over_quota(self, mailbox: Mailbox, size: int) -> bool:
+        """Whether ``size`` more octets would not fit. The sum the deliveries keep up to date
+        answers without touching the disk (this runs on the event loop); the Maildir is
+        counted again only the first time, or when that sum says it would not fit, so that
+        mail a user deleted since is seen before anyone is refused. The delivery checks the
+        quota again in any case."""
+        known = self._usage.peek(mailbox.path)
+        if known is not None and known + size < mailbox.quota:
+            return False
+        return self._usage.of(mailbox.path) + size >= mailbox.quota

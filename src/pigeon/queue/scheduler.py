@@ -180,6 +180,7 @@ class Scheduler:
         postmaster: str | None = None,
         hop_limit: int = 50,
         quota_exceeded: str = "defer",
+        usage: MailboxUsage | None = None,
         terminal_agent: TerminalAgent | None = None,
     ) -> None:
         """``router`` says where each recipient goes (``pigeon.queue.routing``);
@@ -193,7 +194,7 @@ class Scheduler:
         self._route: Router = router or _router_from(find_maildir)  # type: ignore[arg-type]
         self._hop_limit = hop_limit
         self._quota_exceeded = quota_exceeded
-        self._usage = MailboxUsage()
+        self._usage = usage or MailboxUsage()
         self._locks = MailboxLocks()
         self._remote = remote_agent
         self._terminal = terminal_agent

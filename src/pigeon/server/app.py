@@ -22,6 +22,7 @@ from pigeon import transcripts, worker_transcripts
 from pigeon.auth import UserStore
 from pigeon.config import Config, ConfigError, check_tls
 from pigeon.delivery import MaildirAgent
+from pigeon.delivery.local_checks import MailboxUsage
 from pigeon.delivery.smtp import SmtpAgent
 from pigeon.delivery.terminal import TerminalAgent, TerminalRegistry
 from pigeon.directory import Directory, DirectoryStore
@@ -107,6 +108,8 @@ class Server:
         )
 
         resolver = make_resolver(config.resolver)
+        # Mailbox sizes, kept by the deliveries and read by RCPT's quota check.
+        usage = MailboxUsage()
         try:
             index = QueueIndex(config.queue_index)
         except QueueIndexError as error:
@@ -121,6 +124,7 @@ class Server:
             router=held_router(directory_router(directory), config.odmr),
             hop_limit=config.directory.hop_limit,
             quota_exceeded=config.directory.quota_exceeded,
+            usage=usage,
             terminal_agent=TerminalAgent(TerminalRegistry(config.data_dir)),
             remote_agent=SmtpAgent(
                 hostname=config.hostname,
@@ -146,7 +150,9 @@ class Server:
         self._context = ServerContext(
             config=config,
             directory=directory,
-            relay=RelayPolicy(directory, config.trusted_networks, held_domains=config.odmr),
+            relay=RelayPolicy(
+                directory, config.trusted_networks, held_domains=config.odmr, usage=usage
+            ),
             spool=spool,
             scheduler=scheduler,
             resolver=resolver,
