@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pigeon.smtp._abnf import DOMAIN_RE
+from pigeon.sqlite import use_wal
 
 from ._passwords import hash_password, verify_password
 from ._scram import ScramCredentials
@@ -89,7 +90,7 @@ class UserStore:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, timeout=10, check_same_thread=False, isolation_level=None)
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            use_wal(self._db)
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(_SCHEMA)
 

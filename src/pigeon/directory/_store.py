@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TypeVar, cast
 
 from pigeon.config import ListConfig, UserConfig
+from pigeon.sqlite import use_wal
 
 from ._names import canonical_address
 
@@ -96,7 +97,7 @@ class DirectoryStore:
         self.changed = False  # this object has written to the store (tell the workers)
         self._wal = path.with_name(path.name + "-wal")
         with self._lock:
-            self._db.execute("PRAGMA journal_mode = WAL")
+            use_wal(self._db)
             self._db.execute("PRAGMA foreign_keys = ON")
             for statement in _SCHEMA:
                 self._db.execute(statement)

@@ -35,6 +35,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pigeon.sqlite import use_wal
+
 from .envelope import Envelope
 from .spool import SpooledMessage
 
@@ -278,7 +280,7 @@ class QueueIndex:
                 )
             self._db.execute("PRAGMA foreign_keys = ON")
             if not readonly:
-                self._db.execute("PRAGMA journal_mode = WAL")
+                use_wal(self._db)
                 self._db.execute("PRAGMA synchronous = NORMAL")
                 self._create_schema()
             else:

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pigeon.sqlite import use_wal
+
 __all__ = ["LoginSession", "TokenEntry", "WebStore"]
 
 _SCHEMA = """
@@ -68,7 +70,7 @@ class WebStore:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, timeout=10, check_same_thread=False, isolation_level=None)
         with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            use_wal(self._db)
             self._db.executescript(_SCHEMA)
 
     def close(self) -> None:
