@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 from pigeon.config import Config, load_config
 
-__all__ = ["add_config_options", "config_path", "load_command_config"]
+__all__ = ["add_action", "add_config_options", "config_path", "load_command_config"]
 
 
 def add_config_options(parser: argparse.ArgumentParser, *, whose: str = "the server's") -> None:
@@ -20,6 +21,14 @@ def add_config_options(parser: argparse.ArgumentParser, *, whose: str = "the ser
         help=f"{whose} TOML configuration (default: $PIGEON_CONFIG, else the defaults)",
     )
     parser.add_argument("--data-dir", type=Path, help=f"{whose} data_dir (overrides -c)")
+
+
+def add_action(actions: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    """A subcommand (``pigeon user add``, ``pigeon web token list``...) that works on a
+    server's data, with the options that find it."""
+    sub: argparse.ArgumentParser = actions.add_parser(name, help=help_text, description=help_text)
+    add_config_options(sub)
+    return sub
 
 
 def config_path(args: argparse.Namespace) -> Path | None:

@@ -23,7 +23,7 @@ from pigeon.auth import UserExists, UserStore, UserStoreError, normalize_address
 from pigeon.config import Config, ConfigError
 
 from . import _exit, directory
-from ._config import add_config_options, load_command_config
+from ._config import add_action, load_command_config
 
 __all__ = ["register"]
 
@@ -40,11 +40,7 @@ def register(commands: Any) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
 
     def action(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub: argparse.ArgumentParser = actions.add_parser(
-            name, help=help_text, description=help_text
-        )
-        add_config_options(sub)
-        return sub
+        return add_action(actions, name, help_text)
 
     add = action("add", "add a user, who may then authenticate and send")
     add.add_argument("address", help="the user's mail address, also their login name")

@@ -23,7 +23,7 @@ from pigeon.web.context import web_db
 from pigeon.web.store import WebStore
 
 from . import _exit
-from ._config import add_config_options, load_command_config
+from ._config import add_action, load_command_config
 
 __all__ = ["register"]
 
@@ -45,11 +45,7 @@ def register(commands: Any) -> None:
     actions = token.add_subparsers(dest="action", metavar="ACTION")
 
     def action(name: str, help_text: str) -> argparse.ArgumentParser:
-        sub: argparse.ArgumentParser = actions.add_parser(
-            name, help=help_text, description=help_text
-        )
-        add_config_options(sub)
-        return sub
+        return add_action(actions, name, help_text)
 
     create = action("create", "make a token acting as a user of users.db; prints it once")
     create.add_argument("address", help="the user the token acts as")
