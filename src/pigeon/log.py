@@ -36,12 +36,19 @@ def event_at(level: int, name: str, /, **fields: object) -> None:
         return
     parts = [f"event={name}"]
     parts.extend(f"{key}={_quote(value)}" for key, value in fields.items() if value is not None)
-    logger.log(level, " ".join(parts))
+    # Made directly rather than by logger.log, which would look up the caller's source line
+    # on the stack for every record: nothing here prints it, and a busy server logs thousands
+    # of lines a second.
+    logger.handle(logger.makeRecord(logger.name, level, "", 0, " ".join(parts), (), None))
 
 
 def configure_logging(level: int = logging.INFO) -> None:
     handler = _BatchingHandler(sys.stderr)
     handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(message)s"))
+    # The format shows neither process nor thread: records need not look them up.
+    logging.logProcesses = False
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     root = logging.getLogger("pigeon")
     root.handlers[:] = [handler]
     root.setLevel(level)

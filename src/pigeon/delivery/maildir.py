@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import itertools
 import logging
 import os
 import re
@@ -71,6 +72,27 @@ _HOSTNAME_ESCAPES: Final = {ord("/"): r"\057", ord(":"): r"\072", ord(","): r"\0
 # Separators that may follow our base name in a file name written by someone else: ":" starts
 # the info part (":2,S"), "," starts Dovecot's fields ("<base>,S=1234:2,S").
 _NAME_SEPARATORS: Final = (":", ",")
+
+
+class _TmpTag:
+    """The end of every tmp name: this process and random bits, drawn once per process (a
+    system call per message otherwise), then a counter (next() on a count is atomic under the
+    GIL). A forked child draws its own."""
+
+    def __init__(self) -> None:
+        self.process = f"P{os.getpid()}R{secrets.token_hex(8)}N"
+        self.attempts = itertools.count()
+
+
+_tmp_tag = _TmpTag()
+
+
+def _new_tmp_tag() -> None:
+    global _tmp_tag
+    _tmp_tag = _TmpTag()
+
+
+os.register_at_fork(after_in_child=_new_tmp_tag)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +266,7 @@ class MaildirAgent:
         # The tmp name starts with the final name followed by "," (which neither unique nor
         # the escaped host name can contain) so that recovery can find leftovers of this very
         # delivery, and ends with something random so that it never collides with them.
-        tmp_path = tmp_dir / f"{base},P{os.getpid()}R{secrets.token_hex(8)}"
+        tmp_path = tmp_dir / f"{base},{_tmp_tag.process}{next(_tmp_tag.attempts)}"
         fd = -1
         step = ""
         try:
@@ -322,18 +344,21 @@ class MaildirAgent:
 
     def _write(self, fd: int, header: bytes, body: BodySource) -> None:
         """Write the message into ``fd``, which stays open (and unsynced) for the caller."""
-        with open(fd, "wb", closefd=False) as out:
-            out.write(header)
-            converter = _CrlfToLf()
-            while True:
-                try:
-                    chunk = body.read(self._chunk_size)
-                except OSError as exc:
-                    raise _SpoolReadError(exc) from exc
-                if not chunk:
-                    break
-                out.write(converter.feed(chunk))
-            out.write(converter.flush())
+        # Straight to the descriptor: a file object would cost three system calls to set up,
+        # and a message of one chunk goes out in one write with its header.
+        converter = _CrlfToLf()
+        pending = header
+        while True:
+            try:
+                chunk = body.read(self._chunk_size)
+            except OSError as exc:
+                raise _SpoolReadError(exc) from exc
+            if not chunk:
+                break
+            pending += converter.feed(chunk)
+            _write_all(fd, pending)
+            pending = b""
+        _write_all(fd, pending + converter.flush())
 
     def _link(self, maildir: Path, tmp_path: Path, new_path: Path) -> bool:
         """Give the message its name in new/; True if that name was already taken."""
@@ -415,6 +440,12 @@ class MaildirAgent:
                 raise
         finally:
             os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _is_same_message(name: str, base: str) -> bool:

@@ -24,7 +24,7 @@ creation times do, like Postfix's long queue ids (``enable_long_queue_ids``).
 from __future__ import annotations
 
 import os
-import secrets
+import random
 import threading
 import time
 from typing import Final
@@ -59,13 +59,28 @@ def new_queue_id() -> str:
         if now <= _last_us:
             now = _last_us + 1
         _last_us = now
-    # getpid per call rather than cached: a forked child must not reuse its parent's field.
-    pid = os.getpid() & ((1 << (5 * _PID_CHARS)) - 1)
+    # The random bits need no secrecy, only variety between processes: the random module
+    # (reseeded in every forked child) draws them without a system call each.
     return (
         _encode(now, _TIME_CHARS)
-        + _encode(pid, _PID_CHARS)
-        + _encode(secrets.randbits(5 * _RANDOM_CHARS), _RANDOM_CHARS)
+        + _pid_field
+        + _encode(random.getrandbits(5 * _RANDOM_CHARS), _RANDOM_CHARS)
     )
+
+
+def _pid_field_now() -> str:
+    return _encode(os.getpid() & ((1 << (5 * _PID_CHARS)) - 1), _PID_CHARS)
+
+
+def _new_pid_field() -> None:
+    global _pid_field
+    _pid_field = _pid_field_now()
+
+
+# The pid field, made once per process: a forked child makes its own, so that it never
+# reuses its parent's.
+_pid_field = _pid_field_now()
+os.register_at_fork(after_in_child=_new_pid_field)
 
 
 def queue_id_time(queue_id: str) -> float:

@@ -70,7 +70,7 @@ from .index import (
 )
 from .notices import dropped_double_bounce, plan_notice
 from .routing import DIRECT, Held, Refused, Router, ToExpansion, ToMailbox
-from .spool import BodyReader, MessageWriter, Spool, SpooledMessage
+from .spool import BodyReaders, MessageWriter, Spool, SpooledMessage
 
 __all__ = ["ResumeReport", "Scheduler"]
 
@@ -167,7 +167,7 @@ class Scheduler:
         router: Router | None = None,
         find_maildir: MaildirFinder | None = None,
         remote_agent: RemoteAgent | None = None,
-        concurrency: int = 4,
+        concurrency: int = 1,
         outbound_connections: int = 100,
         destination_concurrency: int = 20,
         retry_base: float = 300.0,
@@ -185,7 +185,10 @@ class Scheduler:
     ) -> None:
         """``router`` says where each recipient goes (``pigeon.queue.routing``);
         ``find_maildir`` is the simple form of it: a Maildir for local recipients, None for
-        the others."""
+        the others. ``concurrency`` is how many local-lane batches run at once: one by
+        default, because a second delivery thread only fights the event loop for the GIL
+        (measured: a third less throughput with four), and one thread's batches grow with
+        the load, which shares each Maildir's sync among more messages."""
         if (router is None) == (find_maildir is None):
             raise ValueError("give a router or find_maildir (one of them)")
         self._spool = spool
@@ -559,24 +562,28 @@ class Scheduler:
         deferrals."""
         items: list[MaildirItem] = []
         slots: list[tuple[int, int, Path]] = []  # (part in batch, recipient position, maildir)
-        readers: list[BodyReader] = []
+        # One descriptor per segment for the whole batch (a spool per adopted worker).
+        readers: dict[int, BodyReaders] = {}
         outcomes: list[list[tuple[int, DeliveryResult]]] = [[] for _ in batch]
         try:
             for number, part in enumerate(batch):
                 job = part.job
+                spool_readers = readers.get(id(job.spool))
+                if spool_readers is None:
+                    spool_readers = readers[id(job.spool)] = job.spool.body_readers()
                 header: bytes | None = None
                 for position in part.positions:
                     recipient = job.envelope.recipients[position]
                     mailbox, direct = part.mailboxes[position]
                     maildir = mailbox.maildir
                     if header is None:
-                        header = self._read_header(job)
+                        with spool_readers.open(job.message) as reader:
+                            header = header_of(reader.read(_HEADER_READ) or b"")
                     refusal = self._check_mailbox(job, mailbox, recipient, header, direct)
                     if refusal is not None:
                         outcomes[number].append((position, refusal))
                         continue
-                    body = job.spool.open_body(job.message)
-                    readers.append(body)
+                    body = spool_readers.open(job.message)
                     items.append(
                         MaildirItem(
                             maildir,
@@ -592,8 +599,8 @@ class Scheduler:
                     slots.append((number, position, maildir))
             results = self._agent.deliver_many(items) if items else []
         finally:
-            for reader in readers:
-                reader.close()
+            for spool_readers in readers.values():
+                spool_readers.close()
         written = {
             maildir
             for (_, _, maildir), r in zip(slots, results, strict=True)
