@@ -36,6 +36,7 @@ import resource
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -329,17 +330,45 @@ def pigeon_has_workers() -> bool:
 
 
 class PigeonServer(ProcessServer):
-    def __init__(self, workdir: Path, *, workers: int | None, connections: int | None = None):
+    """``held``: the recipient's domain is held for on-demand relay (``[odmr]``), so every
+    message waits in the queue after its 250, as the reference Postfix holds every message:
+    the same work on both sides. Otherwise it is a domain of Pigeon's own, and every message
+    is delivered into the Maildir while the load runs."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        workers: int | None,
+        connections: int | None = None,
+        held: bool = False,
+    ):
         super().__init__(workdir)
         self.workers = workers
         self.connections = connections
+        self.held = held
         self.name = "pigeon" if workers is None else f"pigeon-{workers}w"
+        if held:
+            self.name += "-held"
         self.data = workdir / "data"
         self.maildir_new = self.data / "mail" / DOMAIN / USER / "new"
+        self.config = workdir / "pigeon.toml"
 
     def command(self) -> list[str]:
         command = [str(PIGEON), "serve"]
-        if self.connections is None:
+        if self.held:
+            self.config.write_text(
+                'hostname = "pigeon.bench.test"\n'
+                f'data_dir = "{self.data}"\n'
+                "[[listen]]\n"
+                f'address = "{HOST}:{self.port}"\n'
+                "[limits]\n"
+                "connections_per_ip = 0\n"
+                f'[odmr."{DOMAIN}"]\n'
+                f'owners = ["{USER}@{DOMAIN}"]\n'
+            )
+            command += ["-c", str(self.config)]
+        elif self.connections is None:
             command += [
                 f"--listen={HOST}:{self.port}",
                 "--hostname=pigeon.bench.test",
@@ -370,6 +399,30 @@ class PigeonServer(ProcessServer):
 
     def store_dir(self) -> Path:
         return self.maildir_new
+
+    def stored(self) -> int | None:
+        if not self.held:
+            return super().stored()
+        # Held mail is in the spool and the queue index; the index counts it.
+        index = self.data / "queue.db"
+        if not index.exists():
+            return 0
+        with contextlib.closing(sqlite3.connect(f"file:{index}?mode=ro", uri=True)) as db:
+            return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+
+    def last_stored(self) -> float | None:
+        return None if self.held else super().last_stored()
+
+    def clear(self) -> None:
+        if not self.held:
+            super().clear()
+            return
+        if not self.stored():
+            return
+        # `pigeon queue delete` takes one message at a time: a fresh start is quicker.
+        self.stop()
+        shutil.rmtree(self.data)
+        self.start()
 
 
 class AiosmtpdServer(ProcessServer):
@@ -859,11 +912,17 @@ def make_dir(options: Options, name: str) -> Path:
     return path
 
 
-def pigeon_variants(options: Options, **kwargs: int) -> list[PigeonServer]:
-    """Pigeon as started by default, and with --workers 1 when it has that flag."""
-    servers = [PigeonServer(make_dir(options, "pigeon"), workers=None, **kwargs)]
+def pigeon_variants(
+    options: Options, *, held: bool = False, connections: int | None = None
+) -> list[PigeonServer]:
+    """Pigeon as started by default, and with --workers 1 when it has that flag; with
+    ``held``, also Pigeon holding every message as the Postfix reference does."""
+    servers = [PigeonServer(make_dir(options, "pigeon"), workers=None, connections=connections)]
     if options.workers:
-        servers.insert(0, PigeonServer(make_dir(options, "pigeon-1w"), workers=1, **kwargs))
+        one = PigeonServer(make_dir(options, "pigeon-1w"), workers=1, connections=connections)
+        servers.insert(0, one)
+    if held:
+        servers.append(PigeonServer(make_dir(options, "pigeon-held"), workers=None, held=True))
     return [s for s in servers if options.wanted(s.name)]
 
 
@@ -891,7 +950,7 @@ def started(servers: list[Server]) -> Iterator[list[Server]]:
 
 
 def throughput(options: Options) -> str:
-    servers: list[Server] = [*pigeon_variants(options)]
+    servers: list[Server] = [*pigeon_variants(options, held=True)]
     servers += [PostfixServer(make_dir(options, "postfix"), mode="hold")]
     servers += [
         AiosmtpdServer(make_dir(options, f"aiosmtpd-{m}"), mode=m) for m in ("discard", "maildir")
@@ -924,8 +983,11 @@ def report_throughput(
     options: Options, names: list[str], results: dict[tuple[str, str], list[Run]]
 ) -> str:
     pigeon = next((n for n in names if n == "pigeon"), None) or next(
-        (n for n in names if n.startswith("pigeon")), None
+        (n for n in names if n.startswith("pigeon") and not n.endswith("-held")), None
     )
+    held = next((n for n in names if n.startswith("pigeon") and n.endswith("-held")), None)
+    # Pigeon delivering everything, and Pigeon holding everything (the reference's own work).
+    compared = [n for n in (pigeon, held) if n is not None]
     references = [n for n in names if not n.startswith("pigeon")]
 
     def good(scenario: str, name: str) -> list[Run]:
@@ -946,8 +1008,7 @@ def report_throughput(
     header = ["scenario"]
     for name in names:
         header.append(f"{name}: msg/s, CPU/msg")
-    if pigeon:
-        header += [f"{pigeon} / {ref}" for ref in references]
+    header += [f"{ours} / {ref}" for ours in compared for ref in references]
     rows: list[list[str]] = []
     goals: list[str] = []
     for scenario in SCENARIOS:
@@ -956,8 +1017,8 @@ def report_throughput(
             cpu = median_cpu(scenario.key, name)
             rate = fmt_rate([r.rate for r in good(scenario.key, name)])
             row.append(rate if cpu is None else f"{rate}, {cpu:.0f} us")
-        if pigeon:
-            ours = median_rate(scenario.key, pigeon)
+        for variant in compared:
+            ours = median_rate(scenario.key, variant)
             for ref in references:
                 theirs = median_rate(scenario.key, ref)
                 goal = RATIO_GOALS.get((scenario.key, ref))
@@ -969,17 +1030,18 @@ def report_throughput(
                 if goal is not None:
                     cell += f" (>= {goal:g}x {verdict(ratio, goal)})"
                     goals.append(
-                        f"{scenario.label}: {pigeon} {ratio:.2f}x {ref}, goal >= {goal:g}x: "
+                        f"{scenario.label}: {variant} {ratio:.2f}x {ref}, goal >= {goal:g}x: "
                         f"{verdict(ratio, goal)}"
                     )
                 row.append(cell)
         rows.append(row)
-    if pigeon:
-        cpu = median_cpu("1k-reused", pigeon)
+    for variant in compared:
+        cpu = median_cpu("1k-reused", variant)
+        work = "accept, held in the queue" if variant == held else "accept + Maildir delivery"
         if cpu is not None:
             goals.append(
-                f"server CPU per 1 KiB message (reused connections, accept + Maildir delivery): "
-                f"{pigeon} {cpu:.0f} us, goal <= {CPU_GOAL_US:.0f} us (Haraka): "
+                f"server CPU per 1 KiB message (reused connections, {work}): "
+                f"{variant} {cpu:.0f} us, goal <= {CPU_GOAL_US:.0f} us (Haraka): "
                 f"{verdict(cpu, CPU_GOAL_US, at_most=True)}"
             )
     notes = [
@@ -995,6 +1057,10 @@ def report_throughput(
         "Pigeon fsyncs every message into its spool before 250 and delivers it into the "
         "Maildir in the background while the load runs; its CPU column includes that "
         "delivery (each run waits until every message is in the Maildir).",
+        "pigeon-held: the recipient's domain is held for on-demand relay (`[odmr]`), so every "
+        "message, after its fsync and 250, is recorded in the queue index as held and waits "
+        "there: the work the reference Postfix does (the run waits until the index has every "
+        "message). It restarts with an empty queue between runs.",
         "postfix: a private Postfix instance accepting into its queue (cleanup fsyncs the "
         "queue file before 250) with every message put on hold (smtpd_data_restrictions = "
         "check_client_access static:HOLD): nothing is delivered.",

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pigeon.delivery.maildir import DEFAULT_CHUNK_SIZE, MaildirAgent
-from pigeon.delivery.result import DeliveryResult, Outcome
+from pigeon.delivery.result import DeliveryResult, MaildirItem, Outcome
 from pigeon.queue.envelope import Envelope
 
 ARRIVAL = 1_700_000_000.75
@@ -508,3 +508,60 @@ def test_failure_after_success_keeps_the_delivered_copy(
     monkeypatch.setattr(os, "fsync", failing_fsync(errno.ENOSPC))
     assert deliver(tmp_path, the_agent=agent(fsync=True)).outcome is Outcome.DEFERRED
     assert list(iter_names(tmp_path)) == before
+
+
+def test_a_batch_syncs_every_file_before_linking_any(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A link between two fsyncs would make each fsync commit a journal transaction of its
+    # own; and no name may appear in new/ before its file is on disk.
+    calls: list[str] = []
+    real_fsync, real_link = os.fsync, os.link
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync")
+        real_fsync(fd)
+
+    def link(src: str | Path, dst: str | Path) -> None:
+        calls.append("link")
+        real_link(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "link", link)
+    items = [
+        MaildirItem(tmp_path, io.BytesIO(MESSAGE), ALICE, envelope(), f"Q{n}.0") for n in range(3)
+    ]
+    results = agent(fsync=True).deliver_many(items)
+    assert [r.outcome for r in results] == [Outcome.DELIVERED] * 3
+    # The first fsync creating the Maildir's directories is theirs; then the files, then links.
+    files_synced = calls[calls.index("link") - 3 : calls.index("link")]
+    assert files_synced == ["fsync"] * 3
+    assert calls[-3:] == ["link"] * 3
+    assert len(files(tmp_path / "new")) == 3
+
+
+def test_a_failed_sync_in_a_batch_defers_only_its_own_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_fsync = os.fsync
+    synced: list[int] = []
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        if len(synced) == 2:  # the second file of the batch (the Maildir exists already)
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    deliver(tmp_path, unique="Q0.0")  # the Maildir's directories, without fsync
+    monkeypatch.setattr(os, "fsync", fsync)
+    items = [
+        MaildirItem(tmp_path, io.BytesIO(MESSAGE), ALICE, envelope(), f"Q{n}.0")
+        for n in range(1, 4)
+    ]
+    results = agent(fsync=True).deliver_many(items)
+    assert [r.outcome for r in results] == [Outcome.DELIVERED, Outcome.DEFERRED, Outcome.DELIVERED]
+    assert "Input/output error" in results[1].detail
+    names = files(tmp_path / "new")
+    assert len(names) == 3  # Q0, Q1 and Q3
+    assert not any(".Q2.0." in name for name in names)
+    assert files(tmp_path / "tmp") == []

@@ -245,8 +245,20 @@ class MaildirAgent:
         if self._fsync:
             for _, entry in staged:
                 _start_writeback(entry.fd)
+            # Every file synced before any is linked: the first fsync commits one journal
+            # transaction holding all of them, and the others find nothing left to do. A
+            # link between two fsyncs would dirty the directory again and cost the next
+            # fsync a journal commit of its own (ext4: one commit per batch, not per file).
+            synced: list[tuple[int, _Staged]] = []
+            for position, entry in staged:
+                failure = self._sync(entry)
+                if failure is None:
+                    synced.append((position, entry))
+                else:
+                    results[position] = failure
+            staged = synced
         for position, entry in staged:
-            results[position] = self._complete(entry)
+            results[position] = self._complete(entry, synced=True)
         return [r for r in results if r is not None]
 
     def _stage(self, item: MaildirItem) -> DeliveryResult | _Staged:
@@ -300,12 +312,26 @@ class MaildirAgent:
             raise
         return _Staged(fd, tmp_path, maildir / "new" / base, maildir, recipient)
 
-    def _complete(self, staged: _Staged) -> DeliveryResult:
-        """Steps 2, 3 and 5: sync the file, link it into new/, remove the tmp name."""
+    def _sync(self, staged: _Staged) -> DeliveryResult | None:
+        """Step 2 alone, for a batch; on failure the tmp file is gone and the result says
+        why."""
+        try:
+            os.fsync(staged.fd)
+        except OSError as exc:
+            _log.warning(
+                "maildir %s: sync the file for %s failed: %s", staged.maildir, staged.recipient, exc
+            )
+            self._abandon(staged.fd, staged.tmp_path)
+            return _failure(staged.recipient, "sync the file", exc)
+        return None
+
+    def _complete(self, staged: _Staged, *, synced: bool = False) -> DeliveryResult:
+        """Steps 2 (unless ``synced``), 3 and 5: sync the file, link it into new/, remove
+        the tmp name."""
         recipient, maildir = staged.recipient, staged.maildir
         step = "sync the file"
         try:
-            if self._fsync:
+            if self._fsync and not synced:
                 os.fsync(staged.fd)
             step = "link into new/"
             already = self._link(maildir, staged.tmp_path, staged.new_path)
