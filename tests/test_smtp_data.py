@@ -5,6 +5,9 @@ ServerConnection (RFC 5321 section 4.5.2 transparency, 4.5.3.1.6 line length, SM
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from pigeon.smtp import (
     NEED_DATA,
@@ -586,3 +589,26 @@ def test_data_is_not_parsed_as_commands() -> None:
     out = driver.feed(body + b".\r\n")
     assert reply_lines(out) == [QUEUED]
     assert driver.message_text() == body
+
+
+# The line check jumps from CRLF to CRLF a limit apart instead of splitting the text into
+# lines; whatever the lines, it must agree with a plain split.
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(
+        st.tuples(st.booleans(), st.integers(min_value=0, max_value=12)), min_size=1, max_size=40
+    ),
+    max_line=st.integers(min_value=4, max_value=12),
+)
+def test_line_limit_agrees_with_splitting_into_lines(
+    lines: list[tuple[bool, int]], max_line: int
+) -> None:
+    original = [b"." * dotted + b"x" * length for dotted, length in lines]
+    wire = [b"." + line if line.startswith(b".") else line for line in original]  # 4.5.2
+    text, reader, _ = read_whole(b"".join(w + b"\r\n" for w in wire) + b".\r\n", max_line=max_line)
+    # RFC 5321 4.5.3.1.6: the limit counts the CRLF, not the dot added for transparency.
+    too_long = any(len(line) + 2 > max_line for line in original)
+    assert reader.finished
+    assert (reader.refusal == replies.LINE_TOO_LONG_IN_DATA) == too_long
+    if not too_long:
+        assert text == b"".join(line + b"\r\n" for line in original)

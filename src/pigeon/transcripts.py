@@ -146,7 +146,7 @@ class Recorder:
             end = -1 if at < 0 else at + len(_END_OF_DATA)
         if end < 0:
             self._data_octets += len(data)
-            self._tail = (self._tail + data)[-4:]
+            self._tail = (self._tail + data[-4:])[-4:]  # never a copy of the whole text
             return b""
         self._data_octets += max(0, end - 3)
         self._add(">", f"[message text: {self._data_octets} octets]")

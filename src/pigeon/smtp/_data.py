@@ -68,16 +68,14 @@ class DataReader:
                 return b""  # may yet be the terminator
         end = buf.find(_END)
         if end >= 0:
-            block = bytes(buf[: end + 2])
-            del buf[: end + 5]
+            block = _take_front(buf, end + 2, end + 5)
             self.finished = True
             return self._take(block)
         last = buf.rfind(_CRLF)
         if last < 0:
             self._check_partial_line(buf)
             return b""
-        block = bytes(buf[: last + 2])
-        del buf[: last + 2]
+        block = _take_front(buf, last + 2, last + 2)
         text = self._take(block)
         self._at_line_start = True
         self._check_partial_line(buf)
@@ -87,7 +85,7 @@ class DataReader:
         """Check a run of whole lines and return it unstuffed, or b"" once refused."""
         if self.refusal is not None:
             return b""
-        if len(block) > self._max_line and self._too_long(block.split(_CRLF)):
+        if not self._lines_fit(block) and self._too_long(block.split(_CRLF)):
             self.refusal = LINE_TOO_LONG_IN_DATA
             return b""
         if self._reject_bare:
@@ -107,6 +105,20 @@ class DataReader:
             self.refusal = MESSAGE_TOO_BIG
             return b""
         return text
+
+    def _lines_fit(self, block: bytes) -> bool:
+        """True when no line of ``block`` (whole lines) is over the limit, found without
+        splitting it into lines: each step jumps to the last CRLF within one limit's length,
+        so a message of short lines costs a search per limit's worth of text, all in C.
+        False means "look closer" (``_too_long`` allows a stuffed line one octet more)."""
+        limit = self._max_line
+        pos, size = 0, len(block)
+        while size - pos > limit:
+            last = block.rfind(_CRLF, pos, pos + limit)
+            if last < 0:
+                return False
+            pos = last + 2
+        return True
 
     def _too_long(self, lines: list[bytes]) -> bool:
         """Is one of these lines (CRLF removed) over the limit?
@@ -136,3 +148,12 @@ class DataReader:
         # Keep a trailing CR: with the next byte it may make the CRLF before the terminator.
         buf[:] = buf[-1:] if buf.endswith(b"\r") else b""
         self._at_line_start = False
+
+
+def _take_front(buf: bytearray, keep: int, drop: int) -> bytes:
+    """The first ``keep`` octets of ``buf`` as bytes (one copy), and the first ``drop``
+    octets removed from it (cheap at the front of a bytearray)."""
+    with memoryview(buf) as view:
+        block = view[:keep].tobytes()
+    del buf[:drop]
+    return block
