@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from pigeon.smtp import xtext_decode
 
@@ -18,6 +18,10 @@ __all__ = ["MAIL_MODES", "Envelope"]
 # (MAIL: the mailbox), or RFC 821 section 3.5's "send" (the user's terminal only), "soml"
 # (the terminal if the user is logged on, else the mailbox) and "saml" (both).
 MAIL_MODES = ("mail", "send", "soml", "saml")
+
+
+# One encoder for every record: json.dumps with options builds a new one per call.
+_ENCODER: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +91,7 @@ class Envelope:
         return None
 
     def to_json(self) -> bytes:
-        return json.dumps(
+        return _ENCODER.encode(
             {
                 "sender": self.sender,
                 "recipients": list(self.recipients),
@@ -103,9 +107,7 @@ class Envelope:
                 ],
             }
             # Written only when it is not plain mail: records stay as they were for MAIL.
-            | ({"mode": self.mode} if self.mode != "mail" else {}),
-            ensure_ascii=False,
-            separators=(",", ":"),
+            | ({"mode": self.mode} if self.mode != "mail" else {})
         ).encode("utf-8")
 
     @classmethod
