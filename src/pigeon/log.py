@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import threading
 import time
 from typing import TextIO
 
@@ -84,6 +85,10 @@ class _BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__(stream)
         self._pending: list[str] = []
         self._scheduled = False
+        # The loop last seen running, and its thread: asyncio.get_running_loop() makes a
+        # getpid() system call each time, a record's largest cost on some machines.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -91,10 +96,7 @@ class _BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:  # as logging.StreamHandler does: a bad record must not crash us
             self.handleError(record)
             return
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
+        loop = self._running_loop()
         with self.lock:  # type: ignore[union-attr]
             self._pending.append(line)
             if loop is None:
@@ -102,6 +104,20 @@ class _BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             elif not self._scheduled:
                 self._scheduled = True
                 loop.call_soon(self._flush_pending)
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop running in this thread, if any."""
+        loop = self._loop
+        # Only one loop runs in a thread at a time: if the one seen here is running, it is
+        # the one.
+        if loop is not None and self._loop_thread == threading.get_ident() and loop.is_running():
+            return loop
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        self._loop, self._loop_thread = loop, threading.get_ident()
+        return loop
 
     def _flush_pending(self) -> None:
         with self.lock:  # type: ignore[union-attr]

@@ -26,7 +26,7 @@ from pigeon.config import (
 from pigeon.directory import Directory
 from pigeon.log import configure_logging
 from pigeon.server import Server
-from pigeon.server.loop import use_uvloop
+from pigeon.server.loop import settle_collector, use_uvloop
 from pigeon.server.supervisor import Supervisor
 from pigeon.server.tls import build_context
 
@@ -185,6 +185,7 @@ async def _serve(config: Config) -> None:
     server = Server(config)
     server.handle_signals()
     await server.start()
+    settle_collector()
     _banner(config, server.addresses, server.tls_modes, workers=1)
     if server.recovered:
         print(f"pigeon: {server.recovered} message(s) recovered from the spool", flush=True)

@@ -1,11 +1,13 @@
-"""The event loop: uvloop when it is installed (the same asyncio API, a faster loop)."""
+"""The event loop of a server process: uvloop when it is installed (the same asyncio API, a
+faster loop), and the garbage collector tuned for a process that runs for weeks."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 
-__all__ = ["use_uvloop"]
+__all__ = ["settle_collector", "use_uvloop"]
 
 
 def use_uvloop() -> bool:
@@ -16,3 +18,20 @@ def use_uvloop() -> bool:
         return False
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     return True
+
+
+# Objects made in the youngest generation before a collection runs (Python's default: 700).
+# Every message makes a few hundred short-lived objects, nearly all freed by reference
+# counting; collecting less often costs a little memory and saves a measurable share of
+# the time a message takes.
+_YOUNG_THRESHOLD = 10_000
+
+
+def settle_collector() -> None:
+    """Call once the server has started: what start-up made (modules, configuration, caches)
+    lives as long as the process, so it is moved out of the collector's sight (gc.freeze),
+    and the youngest generation is collected less often."""
+    gc.collect()
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(_YOUNG_THRESHOLD, middle, oldest)

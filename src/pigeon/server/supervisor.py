@@ -34,7 +34,7 @@ from pigeon.log import event as log
 from pigeon.queue.spool import spool_workers
 
 from .app import Server
-from .loop import use_uvloop
+from .loop import settle_collector, use_uvloop
 
 __all__ = ["Supervisor", "worker_name"]
 
@@ -234,6 +234,7 @@ def _worker_main(
         server = Server(config, worker=worker_name(index), adopt=adopt, reuse_port=True)
         server.handle_signals(interrupt=False)
         await server.start()
+        settle_collector()
         ready.send("ready")
         ready.close()
         await server.run_until_signalled()
