@@ -11,7 +11,10 @@ Python's :class:`mailbox.Maildir` all read:
 5. remove the name in ``tmp/``.
 
 Only after step 4 do we report the recipient as delivered, which is what allows the queue to
-forget it (DESIGN.md: nothing acknowledged is ever lost).
+forget it (DESIGN.md: nothing acknowledged is ever lost). A batch (``deliver_many``) takes
+each step for every message before the next step for any: all files written, all synced,
+all linked, and ``new/`` synced once, so that the file system commits its journal once for
+the syncs and once for the names, not once per message.
 
 Idempotence. The queue redelivers after a crash, so the name in ``new/`` is not random as the
 Maildir page suggests but deterministic: ``<arrival seconds>.<unique>.<hostname>``, where
