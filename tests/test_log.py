@@ -40,9 +40,11 @@ def stream() -> Iterator[CountingStream]:
 def test_fields_are_logfmt_and_quoted_when_needed(stream: CountingStream) -> None:
     log.event("message", queue_id="Q1", to="<a@example.test>", reason="no such user", x=None)
     log.event("odd", text='say "hi"', pair="a=b", empty="", line="one\ntwo")
+    log.event("controls", value="a\rb\tc")
     assert stream.getvalue().splitlines() == [
         'INFO event=message queue_id=Q1 to=<a@example.test> reason="no such user"',
         'INFO event=odd text="say \\"hi\\"" pair="a=b" empty="" line="one\\ntwo"',
+        'INFO event=controls value="a\\rb\\tc"',
     ]
 
 
@@ -88,3 +90,29 @@ def test_a_new_loop_after_the_first_closed_still_gets_every_line(stream: Countin
         "INFO event=loop_two",
         "INFO event=no_loop",
     ]
+
+
+def test_loops_running_at_once_in_two_threads_each_get_their_own_lines(
+    stream: CountingStream,
+) -> None:
+    both_running = threading.Barrier(2)
+
+    def in_a_thread(name: str) -> None:
+        async def main() -> None:
+            await asyncio.to_thread(both_running.wait)
+            for n in range(3):
+                log.event(name, n=n)
+                await asyncio.sleep(0)
+
+        asyncio.run(main())
+
+    threads = [threading.Thread(target=in_a_thread, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    lines = stream.getvalue().splitlines()
+    for name in ("a", "b"):
+        assert [line for line in lines if f"event={name} " in line] == [
+            f"INFO event={name} n={n}" for n in range(3)
+        ]

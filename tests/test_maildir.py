@@ -565,3 +565,15 @@ def test_a_failed_sync_in_a_batch_defers_only_its_own_message(
     assert len(names) == 3  # Q0, Q1 and Q3
     assert not any(".Q2.0." in name for name in names)
     assert files(tmp_path / "tmp") == []
+
+
+def test_a_bug_mid_batch_propagates_and_leaves_no_tmp_file_of_the_batch(tmp_path: Path) -> None:
+    items = [
+        MaildirItem(tmp_path, io.BytesIO(MESSAGE), ALICE, envelope(), "Q1.0"),
+        MaildirItem(tmp_path, BrokenSpool(RuntimeError("bug")), ALICE, envelope(), "Q2.0"),
+        MaildirItem(tmp_path, io.BytesIO(MESSAGE), ALICE, envelope(), "Q3.0"),
+    ]
+    with pytest.raises(RuntimeError, match="bug"):
+        agent(fsync=True).deliver_many(items)
+    assert files(tmp_path / "tmp") == []  # the first item's file too, staged before the bug
+    assert files(tmp_path / "new") == []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import threading
 import time
@@ -18,12 +19,31 @@ __all__ = ["configure_logging", "event", "event_at"]
 logger = logging.getLogger("pigeon")
 
 
+# Counts the forks this process descends from, so that a cache made before one is not
+# trusted after it.
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def _quote(value: object) -> str:
     text = str(value)
     # Whole-string tests in C: a busy server formats hundreds of thousands of values.
     if text.isprintable() and text and " " not in text and '"' not in text and "=" not in text:
         return text
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    escaped = (
+        text.replace("\\", "\\\\")
+        .replace('"', '\\"')
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+        .replace("\t", "\\t")
+    )
     return f'"{escaped}"'
 
 
@@ -85,10 +105,9 @@ class _BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__(stream)
         self._pending: list[str] = []
         self._scheduled = False
-        # The loop last seen running, and its thread: asyncio.get_running_loop() makes a
+        # Per thread, the loop last seen running there: asyncio.get_running_loop() makes a
         # getpid() system call each time, a record's largest cost on some machines.
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
+        self._seen = threading.local()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -107,16 +126,16 @@ class _BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def _running_loop(self) -> asyncio.AbstractEventLoop | None:
         """The event loop running in this thread, if any."""
-        loop = self._loop
+        seen: tuple[asyncio.AbstractEventLoop, int] | None = getattr(self._seen, "loop", None)
         # Only one loop runs in a thread at a time: if the one seen here is running, it is
-        # the one.
-        if loop is not None and self._loop_thread == threading.get_ident() and loop.is_running():
-            return loop
+        # the one; unless this process was forked since, where it runs no more.
+        if seen is not None and seen[1] == _forks and seen[0].is_running():
+            return seen[0]
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return None
-        self._loop, self._loop_thread = loop, threading.get_ident()
+        self._seen.loop = (loop, _forks)
         return loop
 
     def _flush_pending(self) -> None:

@@ -184,8 +184,8 @@ def run(args: argparse.Namespace) -> int:
 async def _serve(config: Config) -> None:
     server = Server(config)
     server.handle_signals()
-    await server.start()
     settle_collector()
+    await server.start()
     _banner(config, server.addresses, server.tls_modes, workers=1)
     if server.recovered:
         print(f"pigeon: {server.recovered} message(s) recovered from the spool", flush=True)

@@ -239,12 +239,17 @@ class MaildirAgent:
         ``sync_dir=False``, the caller then calls ``sync_new_dirs``."""
         results: list[DeliveryResult | None] = [None] * len(items)
         staged: list[tuple[int, _Staged]] = []
-        for position, item in enumerate(items):
-            outcome = self._stage(item)
-            if isinstance(outcome, DeliveryResult):
-                results[position] = outcome
-            else:
-                staged.append((position, outcome))
+        try:
+            for position, item in enumerate(items):
+                outcome = self._stage(item)
+                if isinstance(outcome, DeliveryResult):
+                    results[position] = outcome
+                else:
+                    staged.append((position, outcome))
+        except BaseException:
+            for _, entry in staged:  # a bug upstream: raise it, but leave no litter
+                self._abandon(entry.fd, entry.tmp_path)
+            raise
         if self._fsync:
             for _, entry in staged:
                 _start_writeback(entry.fd)

@@ -28,9 +28,10 @@ _YOUNG_THRESHOLD = 10_000
 
 
 def settle_collector() -> None:
-    """Call once the server has started: what start-up made (modules, configuration, caches)
+    """Call just before the server starts: what was made so far (modules, configuration)
     lives as long as the process, so it is moved out of the collector's sight (gc.freeze),
-    and the youngest generation is collected less often."""
+    and the youngest generation is collected less often. Before, not after, the start: the
+    messages recovered from the spool come and go, and must stay collectable."""
     gc.collect()
     gc.freeze()
     _, middle, oldest = gc.get_threshold()

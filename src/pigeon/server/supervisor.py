@@ -233,8 +233,8 @@ def _worker_main(
     async def serve() -> None:
         server = Server(config, worker=worker_name(index), adopt=adopt, reuse_port=True)
         server.handle_signals(interrupt=False)
-        await server.start()
         settle_collector()
+        await server.start()
         ready.send("ready")
         ready.close()
         await server.run_until_signalled()
