@@ -70,7 +70,7 @@ from .index import (
 )
 from .notices import dropped_double_bounce, plan_notice
 from .routing import DIRECT, Held, Refused, Router, ToExpansion, ToMailbox
-from .spool import BodyReaders, MessageWriter, Spool, SpooledMessage
+from .spool import BodyReader, BodyReaders, MessageWriter, Spool, SpooledMessage
 
 __all__ = ["ResumeReport", "Scheduler"]
 
@@ -578,7 +578,7 @@ class Scheduler:
                     maildir = mailbox.maildir
                     if header is None:
                         with spool_readers.open(job.message) as reader:
-                            header = header_of(reader.read(_HEADER_READ) or b"")
+                            header = _header_in(reader)
                     refusal = self._check_mailbox(job, mailbox, recipient, header, direct)
                     if refusal is not None:
                         outcomes[number].append((position, refusal))
@@ -641,7 +641,7 @@ class Scheduler:
     @staticmethod
     def _read_header(job: _Job) -> bytes:
         with job.spool.open_body(job.message) as body:
-            return header_of(body.read(_HEADER_READ) or b"")
+            return _header_in(body)
 
     # -- on-demand relay (ATRN) ---------------------------------------------------------------
     def _hold_for_fetch(self, job: _Job, position: int, route: Held) -> None:
@@ -1197,3 +1197,8 @@ def _router_from(find_maildir: MaildirFinder) -> Router:
         return None if maildir is None else ToMailbox(maildir, recipient)
 
     return route
+
+
+def _header_in(body: BodyReader) -> bytes:
+    """The header of the message ``body`` reads (from its start)."""
+    return header_of(body.read(_HEADER_READ) or b"")
