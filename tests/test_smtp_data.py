@@ -612,3 +612,17 @@ def test_line_limit_agrees_with_splitting_into_lines(
     assert (reader.refusal == replies.LINE_TOO_LONG_IN_DATA) == too_long
     if not too_long:
         assert text == b"".join(line + b"\r\n" for line in original)
+
+
+# The bare line-end check counts instead of scanning line by line; whatever the mix of CR, LF
+# and text, it must refuse exactly the messages where some CR or LF is not part of a CRLF.
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(st.sampled_from([b"x", b"\r", b"\n", b"\r\n", b"\r\n\r\n"]), max_size=30))
+def test_bare_line_ends_found_whatever_the_mix(pieces: list[bytes]) -> None:
+    text = b"".join(pieces)
+    if not text.endswith(b"\r\n"):
+        text += b"\r\n"
+    _, reader, _ = read_whole(text + b".\r\n")
+    assert reader.finished
+    bare = text.replace(b"\r\n", b"").count(b"\r") + text.replace(b"\r\n", b"").count(b"\n")
+    assert (reader.refusal == replies.BARE_LINE_END_IN_DATA) == (bare > 0)

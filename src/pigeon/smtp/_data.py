@@ -89,8 +89,10 @@ class DataReader:
             self.refusal = LINE_TOO_LONG_IN_DATA
             return b""
         if self._reject_bare:
-            pairs = block.count(_CRLF)
-            if block.count(b"\n") != pairs or block.count(b"\r") != pairs:
+            # Every CR and LF is half of a CRLF exactly when there are twice as many of them
+            # as CRLF pairs (each count is at least the pairs'): one pass finds them all.
+            line_ends = len(block) - len(block.translate(None, b"\r\n"))
+            if line_ends != 2 * block.count(_CRLF):
                 self.refusal = BARE_LINE_END_IN_DATA
                 return b""
         if b"\x00" in block:
