@@ -143,6 +143,35 @@ class ServerSettings:
 class ServerConnection:
     """One SMTP session, server side."""
 
+    __slots__ = (
+        "_after_chunk",
+        "_body",
+        "_chunk",
+        "_chunk_aborts",
+        "_chunk_refusal",
+        "_chunked",
+        "_close_after_output",
+        "_discarding_chunk",
+        "_discarding_long_line",
+        "_in",
+        "_out",
+        "_pending",
+        "_reader",
+        "_recipients",
+        "_recipients_refused",
+        "_utf8",
+        "authenticated",
+        "client_address",
+        "command_budget",
+        "errors",
+        "extended",
+        "helo_name",
+        "messages",
+        "settings",
+        "state",
+        "tls_active",
+    )
+
     _Handler = Callable[["ServerConnection", str, str], Event | None]
 
     def __init__(
