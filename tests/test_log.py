@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import re
 import threading
 from collections.abc import Iterator
 
@@ -116,3 +117,29 @@ def test_loops_running_at_once_in_two_threads_each_get_their_own_lines(
         assert [line for line in lines if f"event={name} " in line] == [
             f"INFO event={name} n={n}" for n in range(3)
         ]
+
+
+def test_the_servers_handler_gets_events_directly_in_the_same_form_and_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    logger = logging.getLogger("pigeon")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    err = io.StringIO()
+    monkeypatch.setattr("sys.stderr", err)
+    monkeypatch.setattr(log, "_server_handler", None)
+    try:
+        log.configure_logging()
+        log.event("direct", n=1)  # the server's handler alone: no LogRecord
+        logging.getLogger("pigeon.queue").warning("a record, from a module's own logger")
+        log.event_at(logging.DEBUG, "below_the_level")
+        logger.addFilter(lambda record: True)  # someone else listens now: records again
+        log.event("through_a_record", n=2)
+    finally:
+        logger.filters.clear()
+        logger.handlers[:], logger.level, logger.propagate = saved
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}"
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 3
+    assert re.fullmatch(stamp + " INFO event=direct n=1", lines[0])
+    assert re.fullmatch(stamp + " WARNING a record, from a module's own logger", lines[1])
+    assert re.fullmatch(stamp + " INFO event=through_a_record n=2", lines[2])

@@ -17,6 +17,7 @@ from typing import TextIO
 __all__ = ["configure_logging", "event", "event_at"]
 
 logger = logging.getLogger("pigeon")
+_server_handler: _BatchingHandler | None = None  # set by configure_logging
 
 
 # Counts the forks this process descends from, so that a cache made before one is not
@@ -58,15 +59,23 @@ def event_at(level: int, name: str, /, **fields: object) -> None:
         return
     parts = [f"event={name}"]
     parts.extend(f"{key}={_quote(value)}" for key, value in fields.items() if value is not None)
+    message = " ".join(parts)
+    handler = _server_handler
+    if handler is not None and logger.handlers == [handler] and not logger.filters:
+        # The server's own handler alone hears the pigeon logger (configure_logging): the
+        # line goes straight to it, without the LogRecord and formatter it would otherwise
+        # cost (most of the time a busy server spends logging).
+        handler.emit_line(logging.getLevelName(level), message)
+        return
     # Made directly rather than by logger.log, which would look up the caller's source line
-    # on the stack for every record: nothing here prints it, and a busy server logs thousands
-    # of lines a second.
-    logger.handle(logger.makeRecord(logger.name, level, "", 0, " ".join(parts), (), None))
+    # on the stack for every record: nothing here prints it.
+    logger.handle(logger.makeRecord(logger.name, level, "", 0, message, (), None))
 
 
 def configure_logging(level: int = logging.INFO) -> None:
+    global _server_handler
     handler = _BatchingHandler(sys.stderr)
-    handler.setFormatter(_Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setFormatter(_Formatter(_FORMAT))
     # The format shows neither process nor thread: records need not look them up.
     logging.logProcesses = False
     logging.logThreads = False
@@ -75,6 +84,10 @@ def configure_logging(level: int = logging.INFO) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    _server_handler = handler
+
+
+_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
 class _Formatter(logging.Formatter):
@@ -87,7 +100,10 @@ class _Formatter(logging.Formatter):
         self._stamp = ""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
+        return self.stamp(record.created)
+
+    def stamp(self, created: float) -> str:
+        second = int(created)
         if second != self._second:
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(second))
             self._second = second
@@ -115,6 +131,9 @@ class _BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:  # as logging.StreamHandler does: a bad record must not crash us
             self.handleError(record)
             return
+        self._add_line(line)
+
+    def _add_line(self, line: str) -> None:
         loop = self._running_loop()
         with self.lock:  # type: ignore[union-attr]
             self._pending.append(line)
@@ -123,6 +142,12 @@ class _BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             elif not self._scheduled:
                 self._scheduled = True
                 loop.call_soon(self._flush_pending)
+
+    def emit_line(self, level_name: str, message: str) -> None:
+        """``emit`` for a line with no record: what ``_FORMAT`` would make of it."""
+        formatter = self.formatter
+        assert isinstance(formatter, _Formatter)
+        self._add_line(f"{formatter.stamp(time.time())} {level_name} {message}{self.terminator}")
 
     def _running_loop(self) -> asyncio.AbstractEventLoop | None:
         """The event loop running in this thread, if any."""
