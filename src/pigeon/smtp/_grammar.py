@@ -49,10 +49,9 @@ def parse_path(
     ``utf8`` the address may hold UTF-8 (RFC 6531); whether it may be used is the caller's
     decision, since it depends on the MAIL command's SMTPUTF8 parameter."""
     verb = "RCPT" if for_recipient else "MAIL"
-    usage = replies.syntax(f"Syntax: {verb} {keyword}:<address> [parameters]")
     head, colon, tail = argument.partition(":")
     if not colon or head.strip().upper() != keyword:
-        raise CommandError(usage)
+        raise CommandError(_usage(verb, keyword))
     # "MAIL FROM: <a@b>" is not RFC 5321 but is what many clients send; accept it, as Postfix
     # and Exim do, since it is unambiguous.
     tail = tail.lstrip(" ")
@@ -70,7 +69,7 @@ def parse_path(
             replies.syntax(f"Syntax: {verb} {keyword}:<address>: the address must be in <>")
         )
     if rest and not rest.startswith(" "):
-        raise CommandError(usage)
+        raise CommandError(_usage(verb, keyword))
     if _has_comment(inner):
         if not classic:
             raise CommandError(
@@ -97,6 +96,10 @@ def parse_path(
     if address is None:
         raise CommandError(bad)
     return ParsedPath(address, route, raw, rest)
+
+
+def _usage(verb: str, keyword: str) -> Reply:
+    return replies.syntax(f"Syntax: {verb} {keyword}:<address> [parameters]")
 
 
 def parse_mailbox(text: str, *, utf8: bool = False) -> Address | None:
@@ -174,6 +177,11 @@ def _unquote(quoted: str) -> str:
 
 def _closing_bracket(text: str) -> int:
     """Index of the ">" that closes the path at text[0], skipping quoted strings and comments."""
+    close = text.find(">")
+    if close > 0:
+        before = text[:close]
+        if '"' not in before and "(" not in before and "\\" not in before:
+            return close  # the usual path: nothing before its ">" to skip
     in_quotes = False
     depth = 0
     index = 1
@@ -197,7 +205,7 @@ def _closing_bracket(text: str) -> int:
 
 
 def _has_comment(text: str) -> bool:
-    return "(" in _strip_quoted(text)
+    return "(" in text and "(" in _strip_quoted(text)
 
 
 def _strip_quoted(text: str) -> str:
