@@ -223,6 +223,7 @@ class Scheduler:
         self._stopping = False
         self._changes = IndexChanges()
         self._index_lock = asyncio.Lock()
+        self._flush_scheduled = False  # a _flush_index_soon task is waiting to run
         self._requests_lock = asyncio.Lock()
         # SQLite connections are used from one thread at a time: all index work goes here.
         self._index_pool = ThreadPoolExecutor(1, thread_name_prefix="pigeon-index")
@@ -654,7 +655,7 @@ class Scheduler:
                 job.queue_id, position, RecipientState.HELD, None, "4.3.2", route.detail
             )
         )
-        self._spawn(self._flush_index())
+        self._flush_index_soon()
 
     async def _record_reports(self) -> list[str]:
         """Record what ATRN sessions (of any worker) delivered of this worker's held mail, as
@@ -1134,6 +1135,19 @@ class Scheduler:
             return body.read(_RETURN_WHOLE_LIMIT + 1) or b""
 
     # -- the index ------------------------------------------------------------------------------
+    def _flush_index_soon(self) -> None:
+        """``_flush_index`` in a task of its own, one at a time: a burst of held mail is
+        written by one task, not one task per message."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._spawn(self._flush_index_scheduled())
+
+    async def _flush_index_scheduled(self) -> None:
+        # Cleared before the flush takes the changes: whatever is added after this line gets
+        # a flush of its own, whatever before goes in this one.
+        self._flush_scheduled = False
+        await self._flush_index()
+
     async def _flush_index(self) -> None:
         """Write the changes gathered so far, in one transaction (callers that arrive while a
         write is under way wait, and their changes go in the next)."""
