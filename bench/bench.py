@@ -355,44 +355,26 @@ class PigeonServer(ProcessServer):
         self.config = workdir / "pigeon.toml"
 
     def command(self) -> list[str]:
-        command = [str(PIGEON), "serve"]
+        # Held mail (an [odmr] domain) and the connection limit have no flags: one
+        # configuration file says everything.
         if self.held:
-            self.config.write_text(
-                'hostname = "pigeon.bench.test"\n'
-                f'data_dir = "{self.data}"\n'
-                "[[listen]]\n"
-                f'address = "{HOST}:{self.port}"\n'
-                "[limits]\n"
-                "connections_per_ip = 0\n"
-                f'[odmr."{DOMAIN}"]\n'
-                f'owners = ["{USER}@{DOMAIN}"]\n'
-            )
-            command += ["-c", str(self.config)]
-        elif self.connections is None:
-            command += [
-                f"--listen={HOST}:{self.port}",
-                "--hostname=pigeon.bench.test",
-                f"--domain={DOMAIN}",
-                f"--user={USER}",
-                f"--data-dir={self.data}",
-            ]
+            mail = f'[odmr."{DOMAIN}"]\nowners = ["{USER}@{DOMAIN}"]\n'
         else:
-            # The connection limit has no flag: a configuration file for it (and the rest).
-            config = self.workdir / "pigeon.toml"
-            config.write_text(
-                'hostname = "pigeon.bench.test"\n'
-                f'data_dir = "{self.data}"\n'
-                "[[listen]]\n"
-                f'address = "{HOST}:{self.port}"\n'
-                f'[domains."{DOMAIN}"]\n'
-                f'users = ["{USER}"]\n'
-                "[limits]\n"
-                f"connections = {self.connections}\n"
-                # Every load comes from 127.0.0.1: no per-address limit (Postfix exempts its
-                # mynetworks, loopback included, from its per-client limits likewise).
-                "connections_per_ip = 0\n"
-            )
-            command += ["-c", str(config)]
+            mail = f'[domains."{DOMAIN}"]\nusers = ["{USER}"]\n'
+        limits = "" if self.connections is None else f"connections = {self.connections}\n"
+        self.config.write_text(
+            'hostname = "pigeon.bench.test"\n'
+            f'data_dir = "{self.data}"\n'
+            "[[listen]]\n"
+            f'address = "{HOST}:{self.port}"\n'
+            f"{mail}"
+            "[limits]\n"
+            f"{limits}"
+            # Every load comes from 127.0.0.1: no per-address limit (Postfix exempts its
+            # mynetworks, loopback included, from its per-client limits likewise).
+            "connections_per_ip = 0\n"
+        )
+        command = [str(PIGEON), "serve", "-c", str(self.config)]
         if self.workers is not None:
             command.append(f"--workers={self.workers}")
         return command
