@@ -68,6 +68,48 @@ def test_rows_states_history_and_forgetting(tmp_path: Path) -> None:
         assert [m.queue_id for m in index.messages(owner="w0")] == ["Q2"]
 
 
+def test_first_states_written_with_the_rows_match_an_update_after_them(tmp_path: Path) -> None:
+    """A batch that adds a message and sets its recipients' first states (held mail does)
+    writes each row once; the index must read exactly as if the update had come after."""
+
+    def batch() -> IndexChanges:
+        return IndexChanges(
+            added=[(spooled("Q1", "a@x.test", "b@y.test", "c@z.test"), "w0")],
+            updates=[
+                RecipientUpdate(
+                    "Q1", 0, RecipientState.HELD, None, "4.3.2", "held for ATRN", attempted=False
+                ),
+                RecipientUpdate("Q1", 1, RecipientState.DEFERRED, 1800.0, "4.4.1", "down"),
+                RecipientUpdate("Q1", 2, RecipientState.HELD, attempted=False),
+                RecipientUpdate("Q1", 2, RecipientState.QUEUED, attempted=False),
+            ],
+        )
+
+    def rows(index: QueueIndex) -> list[tuple[object, ...]]:
+        (message,) = index.messages()
+        return [
+            (r.state, r.attempts, r.next_attempt, r.status, r.last_reply, r.updated)
+            for r in message.recipients
+        ]
+
+    with QueueIndex(tmp_path / "one.db") as one, QueueIndex(tmp_path / "two.db") as two:
+        one.apply(batch(), now=1500.0)
+        split = batch()
+        two.apply(IndexChanges(added=split.added), now=1500.0)
+        two.apply(IndexChanges(updates=split.updates), now=1500.0)
+        assert rows(one) == rows(two)
+        assert [state for state, *_ in rows(one)] == ["held", "deferred", "queued"]
+        assert [a.position for a in one.attempts("Q1")] == [1]  # a hold is no attempt
+        # Added again (a restart that did not know the rows): rows there take the new state.
+        again = IndexChanges(
+            added=[(spooled("Q1", "a@x.test", "b@y.test", "c@z.test"), "w0")],
+            updates=[RecipientUpdate("Q1", 2, RecipientState.HELD, attempted=False)],
+        )
+        one.apply(again, now=1600.0)
+        assert [state for state, *_ in rows(one)] == ["held", "deferred", "held"]
+        assert rows(one)[1][1] == 1  # the deferred recipient keeps its attempt
+
+
 def test_requests_go_to_the_owner_and_are_taken_once(tmp_path: Path) -> None:
     with QueueIndex(tmp_path / "queue.db") as index:
         index.apply(

@@ -8,7 +8,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from pigeon.delivery import DeliveryResult, MaildirAgent, MaildirItem, Outcome
-from pigeon.queue import Envelope, QueueIndex, Scheduler, Spool
+from pigeon.queue import Envelope, QueueIndex, RecipientState, Scheduler, Spool
+from pigeon.queue.index import IndexChanges
+from pigeon.queue.routing import Held
+from pigeon.queue.scheduler import _HELD_FLUSH_INTERVAL
 
 
 class CountingAgent(MaildirAgent):
@@ -92,3 +95,54 @@ def test_a_failed_sync_defers_and_keeps_the_messages(tmp_path: Path) -> None:
 
     # Not marked done: the next start delivers them again (idempotently).
     assert asyncio.run(recover()) == 3
+
+
+class CountingIndex(QueueIndex):
+    """The real index, counting its write transactions."""
+
+    transactions = 0
+
+    def apply(self, changes: IndexChanges, *, now: float | None = None) -> None:
+        CountingIndex.transactions += 1
+        super().apply(changes, now=now)
+
+
+def test_held_mail_reaches_the_index_in_few_transactions(tmp_path: Path) -> None:
+    """A burst of held (ATRN) mail is written to the index a batch at a time, and every
+    message is there, held, once the burst is over and the scheduler has stopped."""
+    count = 60
+
+    async def run() -> float:
+        spool = Spool(tmp_path / "spool")
+        await spool.open()
+        index = CountingIndex(tmp_path / "queue.db")
+        scheduler = Scheduler(
+            spool,
+            index=index,
+            local_agent=CountingAgent(),
+            router=lambda recipient, direct: Held("held for ATRN"),
+            retry_base=3600,
+        )
+        scheduler.start()
+        commits = []
+        for n in range(count):
+            writer = spool.new_message()
+            writer.write(f"Subject: {n}\r\n\r\nx\r\n".encode())
+            envelope = Envelope("a@remote.test", ("bob@held.test",), received_at=time.time())
+            commits.append(spool.commit(writer, envelope))
+        started = time.monotonic()
+        for stored in await asyncio.gather(*commits):
+            scheduler.submit(stored)
+            await asyncio.sleep(0.002)  # messages arriving one by one, as from sessions
+        await scheduler.stop()
+        await spool.close()
+        return time.monotonic() - started
+
+    elapsed = asyncio.run(run())
+    with QueueIndex(tmp_path / "queue.db", readonly=True) as index:
+        messages = index.messages()
+        assert len(messages) == count
+        assert {r.state for m in messages for r in m.recipients} == {RecipientState.HELD}
+    # One at once, then at most one per interval (the last when the scheduler stops).
+    assert 1 <= CountingIndex.transactions <= elapsed / _HELD_FLUSH_INTERVAL + 2
+    assert CountingIndex.transactions < count // 4

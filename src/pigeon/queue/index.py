@@ -249,6 +249,35 @@ class IndexChanges:
         return taken
 
 
+def _fold_first_states(
+    changes: IndexChanges,
+) -> tuple[dict[tuple[str, int], RecipientUpdate], list[RecipientUpdate]]:
+    """Split ``changes.updates`` into the first states of recipients added in the same batch
+    (written with their rows instead of by an UPDATE after them) and the updates left.
+
+    Only a recipient's single update that is not an attempt is folded: it sets no status,
+    reply or history, so inserting the row with it is the same as inserting then updating.
+    Held mail (ATRN) is the common case: added and held in one batch.
+    """
+    if not changes.added or not changes.updates:
+        return {}, changes.updates
+    added = {m.queue_id for m, _ in changes.added}
+    counts: dict[tuple[str, int], int] = {}
+    for u in changes.updates:
+        if u.queue_id in added:
+            key = (u.queue_id, u.position)
+            counts[key] = counts.get(key, 0) + 1
+    first: dict[tuple[str, int], RecipientUpdate] = {}
+    rest: list[RecipientUpdate] = []
+    for u in changes.updates:
+        key = (u.queue_id, u.position)
+        if not u.attempted and counts.get(key) == 1:
+            first[key] = u
+        else:
+            rest.append(u)
+    return first, rest
+
+
 def _domain_of(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
@@ -339,8 +368,9 @@ class QueueIndex:
         stamp = time.time() if now is None else now
         try:
             with self._transaction() as db:
-                self._add(db, changes.added, stamp)
-                self._update(db, changes.updates, stamp)
+                first_states, updates = _fold_first_states(changes)
+                self._add(db, changes.added, first_states, stamp)
+                self._update(db, updates, stamp)
                 if changes.warned:
                     db.executemany(
                         "UPDATE messages SET warned = 1 WHERE queue_id = ?",
@@ -361,7 +391,10 @@ class QueueIndex:
 
     @staticmethod
     def _add(
-        db: sqlite3.Connection, added: Sequence[tuple[SpooledMessage, str]], stamp: float
+        db: sqlite3.Connection,
+        added: Sequence[tuple[SpooledMessage, str]],
+        first_states: dict[tuple[str, int], RecipientUpdate],
+        stamp: float,
     ) -> None:
         if not added:
             return
@@ -378,19 +411,41 @@ class QueueIndex:
                     m.size,
                     m.envelope.sender,
                     m.envelope.received_at,
-                    m.envelope.to_json().decode("utf-8"),
+                    (m.envelope_json or m.envelope.to_json()).decode("utf-8"),
                 )
                 for m, owner in added
             ],
         )
+        fresh: list[tuple[str, int, str, str, str, float | None, float]] = []
+        settled: list[tuple[str, int, str, str, str, float | None, float]] = []
+        for m, _ in added:
+            for position, address in enumerate(m.envelope.recipients):
+                first = first_states.get((m.queue_id, position))
+                state, next_attempt = (
+                    ("queued", None) if first is None else (first.state.value, first.next_attempt)
+                )
+                row = (
+                    m.queue_id,
+                    position,
+                    address,
+                    _domain_of(address),
+                    state,
+                    next_attempt,
+                    stamp,
+                )
+                (fresh if first is None else settled).append(row)
+        columns = (
+            " INTO recipients (queue_id, position, address, domain, state, next_attempt, updated)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)"
+        )
+        db.executemany("INSERT OR IGNORE" + columns, fresh)
+        # What an UPDATE after the insert would do, in the same statement: a row that is there
+        # already takes the new state, one that is not is born with it.
         db.executemany(
-            "INSERT OR IGNORE INTO recipients (queue_id, position, address, domain, state,"
-            " updated) VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                (m.queue_id, position, address, _domain_of(address), "queued", stamp)
-                for m, _ in added
-                for position, address in enumerate(m.envelope.recipients)
-            ],
+            "INSERT" + columns + " ON CONFLICT (queue_id, position) DO UPDATE SET"
+            " state = excluded.state, next_attempt = excluded.next_attempt,"
+            " updated = excluded.updated",
+            settled,
         )
 
     @staticmethod

@@ -87,6 +87,10 @@ _HEADER_READ = 64 * 1024  # of a message, read for the loop checks (a longer hea
 # A terminal shows the first MiB of a message (and says when there is more).
 _TERMINAL_READ = (1 << 20) + 1
 _COPY_CHUNK = 256 * 1024
+# Held mail (ATRN) reaches the index at most this long after it was queued, in one
+# transaction per interval under load: each transaction costs the index thread its WAL
+# writes and locks, and both threads a GIL hand-over.
+_HELD_FLUSH_INTERVAL = 0.05
 
 # How many messages waiting for one destination one connection is left to carry before
 # another is opened (Postfix ramps up its per-destination concurrency in a similar spirit).
@@ -224,6 +228,7 @@ class Scheduler:
         self._changes = IndexChanges()
         self._index_lock = asyncio.Lock()
         self._flush_scheduled = False  # a _flush_index_soon task is waiting to run
+        self._last_flush = -_HELD_FLUSH_INTERVAL  # loop time of the last held-mail flush
         self._requests_lock = asyncio.Lock()
         # SQLite connections are used from one thread at a time: all index work goes here.
         self._index_pool = ThreadPoolExecutor(1, thread_name_prefix="pigeon-index")
@@ -1136,16 +1141,22 @@ class Scheduler:
 
     # -- the index ------------------------------------------------------------------------------
     def _flush_index_soon(self) -> None:
-        """``_flush_index`` in a task of its own, one at a time: a burst of held mail is
-        written by one task, not one task per message."""
+        """``_flush_index`` in a task of its own, one at a time and at most one every
+        ``_HELD_FLUSH_INTERVAL``: the first held message after a quiet spell is written at
+        once, a burst of them in a few transactions rather than one per message."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._spawn(self._flush_index_scheduled())
 
     async def _flush_index_scheduled(self) -> None:
+        loop = asyncio.get_running_loop()
+        wait = self._last_flush + _HELD_FLUSH_INTERVAL - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
         # Cleared before the flush takes the changes: whatever is added after this line gets
         # a flush of its own, whatever before goes in this one.
         self._flush_scheduled = False
+        self._last_flush = loop.time()
         await self._flush_index()
 
     async def _flush_index(self) -> None:

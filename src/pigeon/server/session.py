@@ -567,6 +567,7 @@ class Session(asyncio.Protocol):
                 return
             if not conn.closed:
                 conn.accept_message(stored.queue_id)
+                self._flush()  # the client has its 250 while the queue takes the message
             log(
                 "message",
                 session=self.id,
