@@ -310,11 +310,11 @@ class MessageWriter:
     """
 
     def __init__(
-        self, spool: Spool, queue_id: str, tmp_path: Path, spill_threshold: int, ops: FileOps
+        self, spool: Spool, queue_id: str, tmp_dir: Path, spill_threshold: int, ops: FileOps
     ) -> None:
         self._spool = spool
         self._queue_id = queue_id
-        self._tmp_path = tmp_path
+        self._tmp_dir = tmp_dir  # the temp file's name is made only if the body spills
         self._threshold = spill_threshold
         self._ops = ops
         self._state: str = _OPEN
@@ -353,7 +353,7 @@ class MessageWriter:
             if self._fd is None:
                 if len(self._buf) > self._threshold:
                     self._fd = self._ops.open(
-                        self._tmp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600
+                        self._tmp_path(), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600
                     )
                     self._spilled = True
                     self._flush_to_file()
@@ -389,7 +389,10 @@ class MessageWriter:
         with contextlib.suppress(OSError):
             self._ops.close(fd)
         with contextlib.suppress(OSError):
-            self._ops.unlink(self._tmp_path)
+            self._ops.unlink(self._tmp_path())
+
+    def _tmp_path(self) -> Path:
+        return self._tmp_dir / f"{self._spool.worker}-{self._queue_id}.tmp"
 
     def _begin_commit(self, spool: Spool) -> None:
         if self._spool is not spool:
@@ -659,9 +662,7 @@ class Spool:
     def new_message(self) -> MessageWriter:
         """Start a message; its queue id is assigned now."""
         self._check_open()
-        queue_id = new_queue_id()
-        tmp_path = self._tmp_dir / f"{self._worker}-{queue_id}.tmp"
-        return MessageWriter(self, queue_id, tmp_path, self._spill_threshold, self._ops)
+        return MessageWriter(self, new_queue_id(), self._tmp_dir, self._spill_threshold, self._ops)
 
     async def commit(self, writer: MessageWriter, envelope: Envelope) -> SpooledMessage:
         """Store the message durably; return only after the fsync that covers it.
