@@ -3,6 +3,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from pigeon.config import Config, DomainConfig, ListConfig, UserConfig
@@ -19,6 +20,13 @@ __all__ = ["Alias", "Directory", "Forward", "Mailbox", "MailingList", "Moved", "
 # ASCII only: a UTF-8 local part (SMTPUTF8) has a mailbox when it is listed as a user, never
 # made up by a catch-all, where look-alike letters of other scripts would open new mailboxes.
 _SAFE_MAILBOX_NAME = re.compile(r"[a-z0-9_][a-z0-9._+=-]{0,63}")
+
+
+# Joining paths is slow for what it does, and every RCPT and every delivery asks for the
+# same few mailboxes: the recent ones are kept (bounded: catch-all makes any name a mailbox).
+@lru_cache(maxsize=4096)
+def _maildir_path(root: Path, domain: str, user: str) -> Path:
+    return root / domain / user
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,7 +261,11 @@ class Directory:
     ) -> Route:
         spec = attributes[1] if attributes is not None else UserConfig()
         mailbox = Mailbox(
-            user, served.name, self._mail_root / served.name / user, spec.name, spec.quota
+            user,
+            served.name,
+            _maildir_path(self._mail_root, served.name, user),
+            spec.name,
+            spec.quota,
         )
         if spec.moved_to:
             return Moved(mailbox.address, spec.moved_to)
@@ -271,7 +283,7 @@ class Directory:
         served = self._domains[domain_key(domain)]
         key = _user_key(local_part)
         if served.spec.catch_all and _SAFE_MAILBOX_NAME.fullmatch(key):
-            return Mailbox(key, served.name, self._mail_root / served.name / key)
+            return Mailbox(key, served.name, _maildir_path(self._mail_root, served.name, key))
         return None
 
     def candidates(self, name: str) -> list[Route]:
