@@ -146,3 +146,38 @@ def test_held_mail_reaches_the_index_in_few_transactions(tmp_path: Path) -> None
     # One at once, then at most one per interval (the last when the scheduler stops).
     assert 1 <= CountingIndex.transactions <= elapsed / _HELD_FLUSH_INTERVAL + 2
     assert CountingIndex.transactions < count // 4
+
+
+def test_flush_index_writes_held_mail_at_once(tmp_path: Path) -> None:
+    """An ATRN session asks for what its worker holds before reading the index: held mail
+    still waiting for its batch is written then, not up to an interval later."""
+
+    async def run() -> list[str]:
+        spool = Spool(tmp_path / "spool")
+        await spool.open()
+        scheduler = Scheduler(
+            spool,
+            index=QueueIndex(tmp_path / "queue.db"),
+            local_agent=CountingAgent(),
+            router=lambda recipient, direct: Held("held for ATRN"),
+            retry_base=3600,
+        )
+        scheduler.start()
+        ids = []
+        for n in range(2):
+            writer = spool.new_message()
+            writer.write(f"Subject: {n}\r\n\r\nx\r\n".encode())
+            envelope = Envelope("a@remote.test", ("bob@held.test",), received_at=time.time())
+            stored = await spool.commit(writer, envelope)
+            scheduler.submit(stored)
+            ids.append(stored.queue_id)
+            await asyncio.sleep(0.01)  # the first is written at once; the second must wait
+        await scheduler.flush_index()
+        with QueueIndex(tmp_path / "queue.db", readonly=True) as index:
+            found = [m.queue_id for m in index.messages()]
+        await scheduler.stop()
+        await spool.close()
+        assert found == ids
+        return found
+
+    assert len(asyncio.run(run())) == 2

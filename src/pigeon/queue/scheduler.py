@@ -305,6 +305,12 @@ class Scheduler:
         """Messages not yet done, whether under way, waiting for a retry or held."""
         return len(self._jobs)
 
+    async def flush_index(self) -> None:
+        """Write now what the index has not been told yet (held mail waits up to
+        ``_HELD_FLUSH_INTERVAL`` for its batch): for a reader of the index that must see
+        everything this worker holds, such as an ATRN session."""
+        await self._flush_index()
+
     async def wait_idle(self) -> None:
         """Until no attempt is under way (messages waiting for a retry do not count)."""
         while self._running:

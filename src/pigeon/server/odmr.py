@@ -108,6 +108,9 @@ class OnDemandRelay:
             event("atrn_failed", session=self._session, reason=str(error))
             return Reply.of(451, "Unable to process ATRN request now", "4.3.0")
         try:
+            # This worker's latest held mail may still wait for its batch; another worker's
+            # reaches the index within 50 ms of its 250.
+            await self._context.scheduler.flush_index()
             self._held = await asyncio.to_thread(self._find_held, wanted)
         except (QueueIndexError, OSError) as error:
             event("atrn_failed", session=self._session, reason=str(error))
