@@ -15,6 +15,7 @@ from typing import BinaryIO
 import pytest
 
 import pigeon
+from pigeon.cli import main
 from tests.servers import PigeonProcess, read_maildir, wait_for
 
 EX_CONFIG = 78
@@ -416,6 +417,26 @@ def test_no_command_prints_help_and_exits_2(tmp_path: Path) -> None:
     result = run_pigeon([], cwd=tmp_path)
     assert result.returncode == 2
     assert "serve" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("group", "shown"),
+    [
+        (["queue"], "hold"),
+        (["tls"], "selfsigned"),
+        (["user"], "passwd"),
+        (["alias"], "add"),
+        (["list"], "create"),
+        (["web"], "token"),
+        (["web", "token"], "create"),
+    ],
+)
+def test_a_group_without_its_subcommand_prints_help_and_exits_2(
+    group: list[str], shown: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As `pigeon` alone and argparse's own errors: one status for "the command line is short".
+    assert main(group) == 2
+    assert shown in capsys.readouterr().err
 
 
 def test_serve_help_mentions_the_defaults(tmp_path: Path) -> None:

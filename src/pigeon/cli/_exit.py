@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
+
 from pigeon.client import SendResult
 
 OK = 0
+# Not from sysexits.h: argparse's own status for a command line it cannot take, kept for a
+# command group named without its subcommand (``pigeon queue``) and for ``pigeon`` alone.
+COMMAND_LINE = 2
 USAGE = 64  # the command was used wrongly (a bad address, a missing argument)
 DATA_ERROR = 65  # the input message is unusable
 NO_INPUT = 66  # an input file does not exist or cannot be read
@@ -26,3 +32,9 @@ def for_result(result: SendResult) -> int:
     if any(r.permanent for r in result.recipients):
         return UNAVAILABLE
     return TEMPORARY
+
+
+def show_usage(parser: argparse.ArgumentParser) -> int:
+    """A command (or command group) run without what it needs: its help, on stderr."""
+    parser.print_help(sys.stderr)
+    return COMMAND_LINE

@@ -1,12 +1,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from pigeon import __version__
 
-from . import directory, fetch, queue, send, sendmail, serve, tls, user, watch, web
+from . import _exit, directory, fetch, queue, send, sendmail, serve, tls, user, watch, web
 
 __all__ = ["main"]
 
@@ -29,7 +28,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     web.register(commands)
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
+        return _exit.show_usage(parser)
     result: int = args.run(args)
     return result

@@ -54,7 +54,7 @@ def _register_alias(commands: Any) -> None:
         description="Aliases: one address standing for one or more others, here or "
         "elsewhere. A running server sees each change at its next RCPT.",
     )
-    parser.set_defaults(run=lambda args: _usage(parser))
+    parser.set_defaults(run=lambda args: _exit.show_usage(parser))
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     add = actions.add_parser("add", help="add targets to an alias (made if new)")
     add.add_argument("address")
@@ -79,7 +79,7 @@ def _register_list(commands: Any) -> None:
         "who may post (anyone, members or owner). A running server sees each change at its "
         "next RCPT.",
     )
-    parser.set_defaults(run=lambda args: _usage(parser))
+    parser.set_defaults(run=lambda args: _exit.show_usage(parser))
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     create = actions.add_parser("create", help="make a new list")
     create.add_argument("address")
@@ -146,11 +146,6 @@ _STATUS = {
     Problem.CONFLICT: _exit.DATA_ERROR,
     Problem.UNKNOWN: _exit.NO_INPUT,
 }
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return _exit.USAGE
 
 
 def _run(args: argparse.Namespace, work: Callable[[DirectoryAdmin], int]) -> int:

@@ -44,7 +44,7 @@ def register(commands: Any) -> None:
         description="See the mail queue and act on it, like Postfix's mailq, postqueue and "
         "postsuper. Works with the server running or not.",
     )
-    parser.set_defaults(run=lambda args: _usage(parser))
+    parser.set_defaults(run=lambda args: _exit.show_usage(parser))
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     listing = actions.add_parser(
         "list",
@@ -73,11 +73,6 @@ def register(commands: Any) -> None:
         help="compare the queue index with the spool and say how to fix what disagrees",
     )
     check.set_defaults(run=_check)
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
 
 
 def _admin(args: argparse.Namespace) -> QueueAdmin:

@@ -28,7 +28,7 @@ def register(commands: Any) -> None:
         description="TLS certificates for the server. `pigeon tls selfsigned` makes one to "
         "develop and test with; a server on the Internet wants one from a CA.",
     )
-    parser.set_defaults(run=lambda args: _usage(parser))
+    parser.set_defaults(run=lambda args: _exit.show_usage(parser))
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
     selfsigned = actions.add_parser(
         "selfsigned",
@@ -66,11 +66,6 @@ def register(commands: Any) -> None:
         "--force", action="store_true", help="overwrite the files if they exist"
     )
     selfsigned.set_defaults(run=_selfsigned)
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2  # as argparse, and `pigeon` with no command
 
 
 def _selfsigned(args: argparse.Namespace) -> int:

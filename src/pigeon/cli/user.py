@@ -36,7 +36,7 @@ def register(commands: Any) -> None:
         "<data_dir>/users.db. Passwords are stored only as an scrypt hash and as "
         "SCRAM-SHA-256 keys. A running server sees changes at once.",
     )
-    parser.set_defaults(run=lambda args: _usage(parser))
+    parser.set_defaults(run=lambda args: _exit.show_usage(parser))
     actions = parser.add_subparsers(dest="action", metavar="ACTION")
 
     def action(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -62,11 +62,6 @@ def register(commands: Any) -> None:
     listing.set_defaults(run=_list)
     # Where their mail goes (full name, quota, forward, ...): the directory's side of a user.
     directory.add_user_actions(action)
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return _exit.USAGE
 
 
 def _config(args: argparse.Namespace) -> Config:

@@ -34,14 +34,14 @@ def register(commands: Any) -> None:
         help="the web UI and HTTP API: API tokens",
         description="The web UI and HTTP API (see [web] in the configuration).",
     )
-    parser.set_defaults(run=lambda args: _usage(parser))
+    parser.set_defaults(run=lambda args: _exit.show_usage(parser))
     topics = parser.add_subparsers(dest="topic", metavar="TOPIC")
     token: argparse.ArgumentParser = topics.add_parser(
         "token",
         help="bearer tokens for the HTTP API",
         description="Bearer tokens for the HTTP API (Authorization: Bearer <token>).",
     )
-    token.set_defaults(run=lambda args: _usage(token))
+    token.set_defaults(run=lambda args: _exit.show_usage(token))
     actions = token.add_subparsers(dest="action", metavar="ACTION")
 
     def action(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -57,11 +57,6 @@ def register(commands: Any) -> None:
     revoke = action("revoke", "make a token useless at once")
     revoke.add_argument("id", type=int, help="the token's number, from list")
     revoke.set_defaults(run=_revoke)
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return _exit.USAGE
 
 
 def _config(args: argparse.Namespace) -> Config:
