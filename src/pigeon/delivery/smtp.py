@@ -61,7 +61,7 @@ import ipaddress
 import logging
 import ssl
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Final
@@ -274,6 +274,18 @@ class SmtpSession:
         tb: TracebackType | None,
     ) -> None:
         await self.close(abort=exc is not None)
+
+    @property
+    def transcript(self) -> Callable[[str, str], None]:
+        """Where a client made for :meth:`adopt` reports what it sends and receives (the
+        session reads each reply's command from it for its details)."""
+        return self._conversation
+
+    def adopt(self, client: SMTPClient, where: str) -> None:
+        """Deliver over ``client``, connected by other means (a connection the remote side
+        opened, as ATRN turns one around), made with ``transcript=self.transcript``;
+        ``where`` names the peer in the details of results."""
+        self._client, self._where = client, where
 
     async def close(self, *, abort: bool = False) -> None:
         """QUIT (or, with ``abort``, just drop) the connection, if there is one."""

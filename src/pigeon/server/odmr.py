@@ -175,7 +175,7 @@ class OnDemandRelay:
             tls="off",
             local_hostname=config.hostname,
             timeout=_TIMEOUT,
-            transcript=session._conversation,
+            transcript=session.transcript,
         )
         where = f"[{client}] (ATRN by {self._user})"
         reports: list[DeliveryReport] = []
@@ -185,7 +185,7 @@ class OnDemandRelay:
             except SendError as error:
                 event("atrn_failed", session=self._session, reason=str(error))
                 return
-            session._client, session._where = smtp, where
+            session.adopt(smtp, where)
             for message, positions in self._held:
                 body = await asyncio.to_thread(self._read_body, message)
                 recipients = [message.envelope.recipients[p] for p in positions]
