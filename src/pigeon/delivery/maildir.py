@@ -101,8 +101,8 @@ os.register_at_fork(after_in_child=_new_tmp_tag)
 @dataclass(frozen=True, slots=True)
 class _Staged:
     fd: int
-    tmp_path: Path
-    new_path: Path
+    tmp_path: str
+    new_path: str
     maildir: Path
     recipient: str
 
@@ -282,11 +282,12 @@ class MaildirAgent:
             return _result(recipient, Outcome.FAILED, "5.1.7", "sender address not usable")
         # Encoded as UTF-8: an SMTPUTF8 address is kept as the client sent it.
         header = f"Return-Path: <{envelope.sender}>\nDelivered-To: {recipient}\n".encode()
-        tmp_dir = maildir / "tmp"
+        # Joined as strings, at half the cost of pathlib's joins: this runs for every copy.
+        tmp_dir = os.path.join(maildir, "tmp")
         # The tmp name starts with the final name followed by "," (which neither unique nor
         # the escaped host name can contain) so that recovery can find leftovers of this very
         # delivery, and ends with something random so that it never collides with them.
-        tmp_path = tmp_dir / f"{base},{_tmp_tag.process}{next(_tmp_tag.attempts)}"
+        tmp_path = os.path.join(tmp_dir, f"{base},{_tmp_tag.process}{next(_tmp_tag.attempts)}")
         fd = -1
         step = ""
         try:
@@ -318,7 +319,7 @@ class MaildirAgent:
         except BaseException:
             self._abandon(fd, tmp_path)  # a bug upstream: raise it, but leave no litter
             raise
-        return _Staged(fd, tmp_path, maildir / "new" / base, maildir, recipient)
+        return _Staged(fd, tmp_path, os.path.join(maildir, "new", base), maildir, recipient)
 
     def _sync(self, staged: _Staged) -> DeliveryResult | None:
         """Step 2 alone, for a batch; on failure the tmp file is gone and the result says
@@ -356,7 +357,7 @@ class MaildirAgent:
         return _result(recipient, Outcome.DELIVERED, "2.0.0", "delivered to maildir")
 
     @staticmethod
-    def _abandon(fd: int, tmp_path: Path) -> None:
+    def _abandon(fd: int, tmp_path: str) -> None:
         """Close the tmp file and remove its name (the message lives on in new/, if linked)."""
         if fd >= 0:
             with contextlib.suppress(OSError):
@@ -365,7 +366,7 @@ class MaildirAgent:
 
     # -- steps ------------------------------------------------------------------------------
 
-    def _create_tmp(self, maildir: Path, tmp_path: Path) -> int:
+    def _create_tmp(self, maildir: Path, tmp_path: str) -> int:
         # O_EXCL: the name is ours alone. O_NOFOLLOW: a symlink planted in tmp/ cannot send
         # the message somewhere else. Creating first and making directories only on ENOENT
         # (as Postfix does) keeps the common case at one system call.
@@ -394,7 +395,7 @@ class MaildirAgent:
             pending = b""
         _write_all(fd, pending + converter.flush())
 
-    def _link(self, maildir: Path, tmp_path: Path, new_path: Path) -> bool:
+    def _link(self, maildir: Path, tmp_path: str, new_path: str) -> bool:
         """Give the message its name in new/; True if that name was already taken."""
         try:
             try:
@@ -489,7 +490,7 @@ def _is_same_message(name: str, base: str) -> bool:
     return not rest or rest.startswith(_NAME_SEPARATORS)
 
 
-def _remove_leftovers(tmp_dir: Path, base: str) -> None:
+def _remove_leftovers(tmp_dir: str, base: str) -> None:
     # A crash between creating the tmp file and removing it leaves it behind; readers ignore
     # tmp/, so it only wastes space, but a mailbox that crashes often would fill up with them.
     # The queue never runs two deliveries of one unique at once, so any file with our prefix
@@ -501,10 +502,10 @@ def _remove_leftovers(tmp_dir: Path, base: str) -> None:
     except FileNotFoundError:
         return
     for path in stale:
-        _unlink_quietly(Path(path))
+        _unlink_quietly(path)
 
 
-def _unlink_quietly(path: Path) -> None:
+def _unlink_quietly(path: str) -> None:
     # Cleanup must never turn a delivery (or its failure report) into an exception; a leftover
     # in tmp/ is harmless to readers, and the next recovery removes it.
     try:
