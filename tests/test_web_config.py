@@ -8,6 +8,8 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pigeon.config import ConfigError, WebConfig, load_config
 from pigeon.transcripts import Recorder, TranscriptLog
@@ -88,6 +90,43 @@ def test_a_transcript_masks_auth_and_counts_message_text_instead_of_showing_it()
     assert any(text.startswith("[message text:") for text in shown)
     assert shown[-2:] == ["250 queued", "221 bye"]
     assert ("<", "550 no") in lines
+
+
+_EXCHANGE = [
+    ("<", b"220 mx ESMTP\r\n"),
+    (">", b"EHLO c\r\n"),
+    ("<", b"250-mx\r\n250-PIPELINING\r\n250 AUTH PLAIN LOGIN\r\n"),
+    (">", b"AUTH LOGIN\r\n"),
+    ("<", b"334 VXNlcm5hbWU6\r\n"),
+    (">", b"YWxpY2U=\r\n"),
+    ("<", b"334 UGFzc3dvcmQ6\r\n"),
+    (">", b"c2VjcmV0\r\n"),
+    ("<", b"235 2.7.0 ok\r\n"),
+    (">", b"MAIL FROM:<a@x>\r\n"),
+    ("<", b"250 ok\r\n"),
+    (">", b"RCPT TO:<b@y>\r\nDATA\r\n"),
+    ("<", b"250 ok\r\n354 go\r\n"),
+    (">", b"Subject: x\r\n\r\nbody\n\r\n.\r\n"),
+    ("<", b"250 queued \xff as \xe2\x82\r\n"),
+    (">", b"BDAT 4 LAST\r\nabcdNOOP\r\n"),
+    ("<", b"250 4 octets\r\n250 ok\r\n"),
+    (">", b"NOOP\n"),
+    ("<", b"250 bare\n250 cr\r\r\n"),
+    (">", b"QUIT\r\n"),
+    ("<", b"221 bye\r\n"),
+]
+
+
+@settings(max_examples=200)
+@given(st.lists(st.integers(min_value=0, max_value=64), min_size=len(_EXCHANGE)))
+def test_a_transcript_does_not_depend_on_how_the_bytes_arrive(cuts: list[int]) -> None:
+    """Whole lines take a short way through the recorder, pieces the long one: both read the
+    same lines (bare LF, CR before CRLF and invalid UTF-8 included)."""
+    pieces = []
+    for (side, data), cut in zip(_EXCHANGE, cuts, strict=False):
+        at = min(cut, len(data))
+        pieces += [(side, part) for part in (data[:at], data[at:]) if part]
+    assert transcript(pieces) == transcript(_EXCHANGE)
 
 
 def test_a_transcript_skips_bdat_chunks_and_hides_an_initial_auth_response() -> None:

@@ -123,6 +123,15 @@ class Recorder:
             lines.append(("", "… (the rest of this session is not shown)"))
 
     def client(self, data: bytes) -> None:
+        if (
+            data
+            and self._mode not in ("data", "bdat")
+            and not self._client_pending
+            and data.find(b"\n") == len(data) - 1
+        ):
+            # One whole command line, what a client that waits for each reply sends.
+            self._client_line(data.rstrip(b"\r\n"))
+            return
         while data:
             if self._mode == "data":
                 data = self._message_text(data)
@@ -148,7 +157,9 @@ class Recorder:
             self._data_octets += len(data)
             self._tail = (self._tail + data[-4:])[-4:]  # never a copy of the whole text
             return b""
-        self._data_octets += max(0, end - 3)
+        # The ".CRLF" ends the text and is not counted; when it began in an earlier read,
+        # those octets were counted then and come off now (end - 3 is below zero).
+        self._data_octets += end - 3
         self._add(">", f"[message text: {self._data_octets} octets]")
         self._add(">", ".")
         self._mode = "command"
@@ -192,6 +203,17 @@ class Recorder:
                 self._mode = "bdat" if self._skip else "command"
 
     def server(self, data: bytes) -> None:
+        if (
+            not self._server_pending
+            and data.endswith(b"\r\n")
+            and data.count(b"\n") == data.count(b"\r\n")
+            and b"\r\r\n" not in data
+        ):
+            # Whole replies in CRLF lines, as the session writes them: one decode and one
+            # split for all their lines (the general path below reads the same lines).
+            for text in data[:-2].decode("utf-8", "replace").split("\r\n"):
+                self._server_line(text)
+            return
         buffer = self._server_pending + data
         while True:
             end = buffer.find(b"\n")
@@ -199,20 +221,22 @@ class Recorder:
                 self._server_pending = buffer[:_MAX_PENDING]
                 return
             line, buffer = buffer[: end + 1], buffer[end + 1 :]
-            text = line.rstrip(b"\r\n").decode("utf-8", "replace")
-            self._add("<", text)
-            if len(text) >= 4 and text[3] != "-":  # the last line of a reply
-                code = text[:3]
-                self._unanswered = max(0, self._unanswered - 1)
-                if self._auth and code != "334":
-                    self._auth = False
-                if self._mode == "data?" and self._before_data:
-                    self._before_data -= 1  # the reply to a command sent before DATA
-                elif self._mode == "data?":
-                    if code == "354":
-                        self._mode, self._tail, self._data_octets = "data", b"\r\n", 0
-                    else:
-                        self._mode = "command"
+            self._server_line(line.rstrip(b"\r\n").decode("utf-8", "replace"))
+
+    def _server_line(self, text: str) -> None:
+        self._add("<", text)
+        if len(text) >= 4 and text[3] != "-":  # the last line of a reply
+            code = text[:3]
+            self._unanswered = max(0, self._unanswered - 1)
+            if self._auth and code != "334":
+                self._auth = False
+            if self._mode == "data?" and self._before_data:
+                self._before_data -= 1  # the reply to a command sent before DATA
+            elif self._mode == "data?":
+                if code == "354":
+                    self._mode, self._tail, self._data_octets = "data", b"\r\n", 0
+                else:
+                    self._mode = "command"
 
     def end(self) -> None:
         self._log.close(self.transcript)
