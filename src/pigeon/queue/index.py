@@ -411,7 +411,7 @@ class QueueIndex:
                     m.size,
                     m.envelope.sender,
                     m.envelope.received_at,
-                    (m.envelope_json or m.envelope.to_json()).decode("utf-8"),
+                    m.envelope.to_json().decode("utf-8"),
                 )
                 for m, owner in added
             ],

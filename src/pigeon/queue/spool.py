@@ -192,8 +192,6 @@ class SpooledMessage:
     segment: str
     offset: int
     body_offset: int
-    # The envelope as the record holds it, when already encoded (the index stores it too).
-    envelope_json: bytes = field(default=b"", compare=False, repr=False)
 
 
 class BodyReader(io.RawIOBase):
@@ -816,7 +814,6 @@ class Spool:
                     segment=seg.name,
                     offset=offset,
                     body_offset=body_offset,
-                    envelope_json=pending.envelope_json,
                 )
                 seg.live.add(message.queue_id)
                 writer._finish(_COMMITTED)
