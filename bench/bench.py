@@ -51,6 +51,8 @@ from typing import IO, ClassVar
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 PIGEON = ROOT / ".venv" / "bin" / "pigeon"
+# The compiled build (PIGEON_COMPILE=1 pip install .), which bench/run makes from this tree.
+PIGEON_COMPILED = BENCH / ".venv-compiled" / "bin" / "pigeon"
 REF_PYTHON = BENCH / ".venv-ref" / "bin" / "python"
 REF_SCRIPT = BENCH / "ref_aiosmtpd.py"
 RESULTS = BENCH / "results.md"
@@ -333,7 +335,8 @@ class PigeonServer(ProcessServer):
     """``held``: the recipient's domain is held for on-demand relay (``[odmr]``), so every
     message waits in the queue after its 250, as the reference Postfix holds every message:
     the same work on both sides. Otherwise it is a domain of Pigeon's own, and every message
-    is delivered into the Maildir while the load runs."""
+    is delivered into the Maildir while the load runs. ``compiled``: the build of
+    ``PIGEON_COMPILE=1 pip install .`` (mypyc), not the pure-Python one."""
 
     def __init__(
         self,
@@ -342,12 +345,16 @@ class PigeonServer(ProcessServer):
         workers: int | None,
         connections: int | None = None,
         held: bool = False,
+        compiled: bool = False,
     ):
         super().__init__(workdir)
         self.workers = workers
         self.connections = connections
         self.held = held
+        self.program = PIGEON_COMPILED if compiled else PIGEON
         self.name = "pigeon" if workers is None else f"pigeon-{workers}w"
+        if compiled:
+            self.name += "-compiled"
         if held:
             self.name += "-held"
         self.data = workdir / "data"
@@ -374,7 +381,9 @@ class PigeonServer(ProcessServer):
             # mynetworks, loopback included, from its per-client limits likewise).
             "connections_per_ip = 0\n"
         )
-        command = [str(PIGEON), "serve", "-c", str(self.config)]
+        if not self.program.exists():
+            raise Skip(f"{self.program} is missing (bench/run builds it)")
+        command = [str(self.program), "serve", "-c", str(self.config)]
         if self.workers is not None:
             command.append(f"--workers={self.workers}")
         return command
@@ -895,16 +904,31 @@ def make_dir(options: Options, name: str) -> Path:
 
 
 def pigeon_variants(
-    options: Options, *, held: bool = False, connections: int | None = None
+    options: Options,
+    *,
+    held: bool = False,
+    compiled: bool = False,
+    connections: int | None = None,
 ) -> list[PigeonServer]:
     """Pigeon as started by default, and with --workers 1 when it has that flag; with
-    ``held``, also Pigeon holding every message as the Postfix reference does."""
+    ``held``, also Pigeon holding every message as the Postfix reference does; with
+    ``compiled``, also the compiled build (holding, when ``held``)."""
     servers = [PigeonServer(make_dir(options, "pigeon"), workers=None, connections=connections)]
     if options.workers:
         one = PigeonServer(make_dir(options, "pigeon-1w"), workers=1, connections=connections)
         servers.insert(0, one)
     if held:
         servers.append(PigeonServer(make_dir(options, "pigeon-held"), workers=None, held=True))
+    if compiled:
+        servers.append(
+            PigeonServer(
+                make_dir(options, "pigeon-compiled"),
+                workers=None,
+                connections=connections,
+                held=held,
+                compiled=True,
+            )
+        )
     return [s for s in servers if options.wanted(s.name)]
 
 
@@ -932,7 +956,7 @@ def started(servers: list[Server]) -> Iterator[list[Server]]:
 
 
 def throughput(options: Options) -> str:
-    servers: list[Server] = [*pigeon_variants(options, held=True)]
+    servers: list[Server] = [*pigeon_variants(options, held=True, compiled=True)]
     servers += [PostfixServer(make_dir(options, "postfix"), mode="hold")]
     servers += [
         AiosmtpdServer(make_dir(options, f"aiosmtpd-{m}"), mode=m) for m in ("discard", "maildir")
@@ -967,9 +991,10 @@ def report_throughput(
     pigeon = next((n for n in names if n == "pigeon"), None) or next(
         (n for n in names if n.startswith("pigeon") and not n.endswith("-held")), None
     )
-    held = next((n for n in names if n.startswith("pigeon") and n.endswith("-held")), None)
-    # Pigeon delivering everything, and Pigeon holding everything (the reference's own work).
-    compared = [n for n in (pigeon, held) if n is not None]
+    held = [n for n in names if n.startswith("pigeon") and n.endswith("-held")]
+    # Pigeon delivering everything, and Pigeon holding everything (the reference's own work),
+    # pure Python and compiled.
+    compared = [n for n in (pigeon, *held) if n is not None]
     references = [n for n in names if not n.startswith("pigeon")]
 
     def good(scenario: str, name: str) -> list[Run]:
@@ -1019,7 +1044,7 @@ def report_throughput(
         rows.append(row)
     for variant in compared:
         cpu = median_cpu("1k-reused", variant)
-        work = "accept, held in the queue" if variant == held else "accept + Maildir delivery"
+        work = "accept, held in the queue" if variant in held else "accept + Maildir delivery"
         if cpu is not None:
             goals.append(
                 f"server CPU per 1 KiB message (reused connections, {work}): "
@@ -1043,6 +1068,9 @@ def report_throughput(
         "message, after its fsync and 250, is recorded in the queue index as held and waits "
         "there: the work the reference Postfix does (the run waits until the index has every "
         "message). It restarts with an empty queue between runs.",
+        "pigeon-compiled-held: pigeon-held with the compiled build (`PIGEON_COMPILE=1 pip "
+        "install .`: the modules setup.py lists, compiled with mypyc), built by bench/run "
+        "from the same tree.",
         "postfix: a private Postfix instance accepting into its queue (cleanup fsyncs the "
         "queue file before 250) with every message put on hold (smtpd_data_restrictions = "
         "check_client_access static:HOLD): nothing is delivered.",
@@ -1313,7 +1341,7 @@ def report_idle(options: Options, results: list[IdleResult]) -> str:
 
 def maildir(options: Options) -> str:
     messages = options.scale(5000)
-    servers: list[Server] = [*pigeon_variants(options)]
+    servers: list[Server] = [*pigeon_variants(options, compiled=True)]
     servers += [
         PostfixServer(make_dir(options, "postfix-maildir"), mode="maildir"),
         AiosmtpdServer(make_dir(options, "aiosmtpd-maildir"), mode="maildir"),
@@ -1387,6 +1415,8 @@ def maildir(options: Options) -> str:
         "Maildir (default concurrency and in_flow_delay). aiosmtpd-maildir writes the Maildir "
         "itself before 250 (fsync of the file and of new/), so accepted = delivered.",
         "CPU: the server's whole process tree, until every message was delivered.",
+        "pigeon-compiled: the compiled build (`PIGEON_COMPILE=1 pip install .`, mypyc), "
+        "built by bench/run from the same tree.",
         "Noise: " + background_note([r for rs in results.values() for r in rs]) + ".",
     ]
     text = "\n".join(

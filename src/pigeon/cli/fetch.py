@@ -137,24 +137,12 @@ async def _converse(server: Server, options: ServerOptions, command: str, *, ver
     return _exit.OK
 
 
-class _ReversedSession(Session):
-    """A server session on the connection this command opened; says when it ends."""
-
-    def __init__(self, listener: Listener, ended: asyncio.Event) -> None:
-        super().__init__(listener)
-        self._ended = ended
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self._ended.set()
-
-
 async def _serve(server: Server, transport: asyncio.BaseTransport) -> int:
     """Run a session of the local server over ``transport`` until the provider is done;
     returns how many messages it stored."""
     listener = Listener.build(server.context, server.config.listen[0])
     ended = asyncio.Event()
-    session = _ReversedSession(listener, ended)
+    session = Session(listener, on_lost=ended.set)
     transport.set_protocol(session)
     session.connection_made(transport)
     await ended.wait()  # the session's own command and data timeouts bound this

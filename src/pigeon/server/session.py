@@ -21,7 +21,7 @@ import itertools
 import logging
 import ssl
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 from pigeon import __version__, metrics, transcripts
@@ -112,6 +112,7 @@ class Session(asyncio.Protocol):
         "_lost",
         "_mail_parameters",
         "_mode",
+        "_on_lost",
         "_paused",
         "_recipient_parameters",
         "_recipients",
@@ -125,8 +126,10 @@ class Session(asyncio.Protocol):
         "tls",
     )
 
-    def __init__(self, listener: Listener) -> None:
+    def __init__(self, listener: Listener, *, on_lost: Callable[[], None] | None = None) -> None:
+        """``on_lost`` is called once the connection is gone, after the session ended."""
         self._listener = listener
+        self._on_lost = on_lost
         self._context = listener.context
         self.id = f"{next(_session_ids):x}"
         self._transport: asyncio.Transport | None = None
@@ -295,6 +298,8 @@ class Session(asyncio.Protocol):
             # the connection instead of answering close_notify): not worth a reason.
             reason=str(exc) if exc and not (conn and conn.closed) else None,
         )
+        if self._on_lost is not None:
+            self._on_lost()
 
     # -- TLS ----------------------------------------------------------------------------------
     def _start_tls(self) -> None:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import binascii
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar, Final
+from typing import Final
 
 from . import _replies as replies
 from ._chunks import ChunkedMessage, ChunkReader
@@ -171,8 +171,6 @@ class ServerConnection:
         "state",
         "tls_active",
     )
-
-    _Handler = Callable[["ServerConnection", str, str], Event | None]
 
     def __init__(
         self, settings: ServerSettings, *, client_address: str = "", tls: bool = False
@@ -487,7 +485,7 @@ class ServerConnection:
             return None
         verb, _, argument = line.partition(" ")
         verb = verb.upper()
-        handler = self._HANDLERS.get(verb)
+        handler = _HANDLERS.get(verb)
         if (
             handler is None
             or (verb == "STARTTLS" and not self._offers_tls)
@@ -791,29 +789,6 @@ class ServerConnection:
             return AuthAborted(replies.AUTH_BAD_BASE64)
         return AuthResponse(data)
 
-    _HANDLERS: ClassVar[dict[str, _Handler]] = {
-        "HELO": _on_hello,
-        "EHLO": _on_hello,
-        "MAIL": _on_mail,
-        "SEND": _on_mail,
-        "SOML": _on_mail,
-        "SAML": _on_mail,
-        "RCPT": _on_rcpt,
-        "DATA": _on_data,
-        "RSET": _on_rset,
-        "NOOP": _on_noop,
-        "QUIT": _on_quit,
-        "HELP": _on_help,
-        "VRFY": _on_vrfy,
-        "EXPN": _on_vrfy,
-        "TURN": _on_turn,
-        "ATRN": _on_atrn,
-        "ETRN": _on_etrn,
-        "STARTTLS": _on_starttls,
-        "BDAT": _on_bdat,
-        "AUTH": _on_auth,
-    }
-
     # -- DATA ---------------------------------------------------------------------------------
     def _next_data_event(self) -> Event | _Sentinel:
         reader = self._reader
@@ -1001,3 +976,30 @@ def _b64decode(data: bytes) -> bytes | None:
 
 def _is_ascii(address: Address) -> bool:
     return address.local_part.isascii() and address.domain.isascii()
+
+
+# Each command verb's handler: a method of ServerConnection, called with the connection (a
+# table outside the class, which compiled classes cannot hold as a class attribute).
+_Handler = Callable[[ServerConnection, str, str], Event | None]
+_HANDLERS: Final[dict[str, _Handler]] = {
+    "HELO": ServerConnection._on_hello,
+    "EHLO": ServerConnection._on_hello,
+    "MAIL": ServerConnection._on_mail,
+    "SEND": ServerConnection._on_mail,
+    "SOML": ServerConnection._on_mail,
+    "SAML": ServerConnection._on_mail,
+    "RCPT": ServerConnection._on_rcpt,
+    "DATA": ServerConnection._on_data,
+    "RSET": ServerConnection._on_rset,
+    "NOOP": ServerConnection._on_noop,
+    "QUIT": ServerConnection._on_quit,
+    "HELP": ServerConnection._on_help,
+    "VRFY": ServerConnection._on_vrfy,
+    "EXPN": ServerConnection._on_vrfy,
+    "TURN": ServerConnection._on_turn,
+    "ATRN": ServerConnection._on_atrn,
+    "ETRN": ServerConnection._on_etrn,
+    "STARTTLS": ServerConnection._on_starttls,
+    "BDAT": ServerConnection._on_bdat,
+    "AUTH": ServerConnection._on_auth,
+}

@@ -1,0 +1,41 @@
+"""Packaging. The metadata is in pyproject.toml; this file only adds the compiled build.
+
+``PIGEON_COMPILE=1 pip install .`` compiles the modules every command and every message
+passes through with mypyc, as Black and mypy themselves are shipped: the same typed source,
+turned into C. It needs a C compiler and Python's headers (Debian: gcc, python3-dev). The
+build behaves as the pure-Python one; it spends less CPU per message (bench/results.md).
+"""
+
+import os
+from typing import Any
+
+from setuptools import setup
+
+# The protocol core and what it calls for every command: modules whose objects one thread
+# uses (the event loop's), or that never change once made. Left out, though hot: the spool,
+# logs and transcripts, whose objects several threads share. Compiled, the test suite crashed
+# in the garbage collector now and then (mypyc 2.4), and a spool's failure to open raised a
+# TypeError instead of its SpoolError. Also left out: smtp/_events.py (mypyc refuses its
+# dataclasses' ClassVar defaults) and the queue's scheduler (an internal error of mypyc 2.4).
+COMPILED = [
+    "src/pigeon/smtp/_abnf.py",
+    "src/pigeon/smtp/_data.py",
+    "src/pigeon/smtp/_grammar.py",
+    "src/pigeon/smtp/_replies.py",
+    "src/pigeon/smtp/_server.py",
+    "src/pigeon/smtp/_state.py",
+    "src/pigeon/server/session.py",
+    "src/pigeon/queue/envelope.py",
+    "src/pigeon/queue/ids.py",
+    "src/pigeon/policy/_relay.py",
+    "src/pigeon/directory/_directory.py",
+]
+
+if os.environ.get("PIGEON_COMPILE") == "1":
+    from mypyc.build import mypycify
+
+    # Extensions of setuptools' kind, which its stubs and mypyc's name differently.
+    extensions: list[Any] = mypycify(COMPILED, opt_level="3")
+    setup(ext_modules=extensions)
+else:
+    setup()

@@ -1,0 +1,83 @@
+"""The builds: the compiled one (PIGEON_COMPILE=1) asks for mypyc, refuses to be installed
+editable (where it would go on running compiled modules after their source changed), and runs
+the modules setup.py lists compiled; every other build runs them from source.
+
+scripts/test runs this file twice: in .venv (an editable install, from source) and in
+.venv-compiled with PIGEON_EXPECT_COMPILED=1.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.machinery
+import importlib.util
+import os
+import re
+import tomllib
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _backend() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("backend", ROOT / "build_support" / "backend.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_compiled_build_asks_for_mypy_and_pigeons_dependencies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    backend = _backend()
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("PIGEON_COMPILE", raising=False)
+    plain = backend.get_requires_for_build_wheel()
+    assert not [r for r in plain if r.startswith("mypy")]
+
+    monkeypatch.setenv("PIGEON_COMPILE", "1")
+    compiled = backend.get_requires_for_build_wheel()
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert backend.MYPYC in compiled
+    assert set(dependencies) <= set(compiled)
+    assert set(plain) <= set(compiled)
+
+
+def test_the_compiled_build_is_not_installed_editable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    backend = _backend()
+    monkeypatch.setenv("PIGEON_COMPILE", "1")
+    with pytest.raises(
+        RuntimeError, match=re.escape("PIGEON_COMPILE=1 builds with `pip install .`")
+    ):
+        backend.build_editable(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
+def _compiled_modules() -> list[str]:
+    """The modules setup.py's COMPILED names, read without running setup.py."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "COMPILED" for t in node.targets
+        ):
+            paths: list[str] = ast.literal_eval(node.value)
+            return [p.removeprefix("src/").removesuffix(".py").replace("/", ".") for p in paths]
+    raise AssertionError("setup.py has no COMPILED list")
+
+
+def test_the_listed_modules_run_compiled_in_the_compiled_build_only() -> None:
+    expected = os.environ.get("PIGEON_EXPECT_COMPILED") == "1"
+    modules = _compiled_modules()
+    assert "pigeon.smtp._server" in modules
+    for name in modules:
+        origin = importlib.import_module(name).__file__ or ""
+        compiled = origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+        assert compiled == expected, f"{name} is loaded from {origin}"
