@@ -14,6 +14,7 @@ import importlib.machinery
 import importlib.util
 import os
 import re
+import tarfile
 import tomllib
 from pathlib import Path
 from types import ModuleType
@@ -81,3 +82,17 @@ def test_the_listed_modules_run_compiled_in_the_compiled_build_only() -> None:
         origin = importlib.import_module(name).__file__ or ""
         compiled = origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
         assert compiled == expected, f"{name} is loaded from {origin}"
+
+
+def test_the_source_distribution_carries_the_build_backend(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # pyproject.toml names build_support/ as where the backend is: a wheel built from the
+    # sdist (as pip does for a source download) cannot start without it.
+    backend = _backend()
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("PIGEON_COMPILE", raising=False)
+    name = backend.build_sdist(str(tmp_path))
+    with tarfile.open(tmp_path / name) as sdist:
+        members = {m.name.split("/", 1)[1] for m in sdist.getmembers() if "/" in m.name}
+    assert {"build_support/backend.py", "setup.py", "pyproject.toml"} <= members
