@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pigeon.config import ConfigError, WebConfig, load_config
-from pigeon.transcripts import Recorder, TranscriptLog
+from pigeon.transcripts import TranscriptLog
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "pigeon.example.toml"
 
@@ -55,7 +55,7 @@ def test_bad_web_settings_are_named(tmp_path: Path, text: str, named: str) -> No
 
 def transcript(exchange: list[tuple[str, bytes]]) -> list[tuple[str, str]]:
     log = TranscriptLog()
-    recorder = Recorder(log, log.open("1", "192.0.2.1:1234"))
+    recorder = log.open("1", "192.0.2.1:1234")
     for side, data in exchange:
         (recorder.client if side == ">" else recorder.server)(data)
     recorder.end()

@@ -4,11 +4,13 @@ answers a worker gives are bounded and well formed, and only the server's user g
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import shutil
 import smtplib
 import socket
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import datetime
@@ -32,7 +34,7 @@ ARGS = ["--listen", "127.0.0.1:0", "--hostname", "mx.example.test", "--domain", 
 
 def recorded(worker: str = "w1") -> Transcript:
     log = TranscriptLog(worker=worker)
-    recorder = Recorder(log, log.open("S1", "192.0.2.1:1234"))
+    recorder = log.open("S1", "192.0.2.1:1234")
     recorder.server(b"220 mx.example.test ESMTP\r\n")
     recorder.client(b"EHLO client.test\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n")
     recorder.server(b"250 mx.example.test\r\n235 2.7.0 Authentication successful\r\n")
@@ -60,6 +62,97 @@ def test_an_answer_stops_at_its_budget_newest_sessions_first() -> None:
     assert worker_transcripts.encode(sessions, budget=one - 1) == []
     # The real budget keeps an answer well within what a control socket's reader accepts.
     assert worker_transcripts.ANSWER_BUDGET < 1 << 20
+
+
+def reachable_bytes(root: object) -> list[bytes]:
+    """Every bytes object reachable from ``root``: what a memory dump would show of it."""
+    found: list[bytes] = []
+    seen: set[int] = set()
+    todo = [root]
+    while todo:
+        item = todo.pop()
+        if id(item) in seen or isinstance(item, type):
+            continue
+        seen.add(id(item))
+        if isinstance(item, bytes):
+            found.append(item)
+        elif not isinstance(item, str | int | float):
+            todo.extend(gc.get_referents(item))
+    return found
+
+
+def test_no_secret_outlives_its_session_unmasked() -> None:
+    """Bytes are kept as they came until someone reads the log; a session that sent AUTH is
+    read as it ends, so its credentials are gone from memory with it."""
+    log = TranscriptLog()
+    for auth in (
+        b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n",
+        b"ehlo c\r\nauth plain AGFsaWNlAHNlY3JldA==\r\n",
+    ):
+        recorder = log.open("S1", "192.0.2.1:1234")
+        recorder.server(b"220 mx.example.test ESMTP\r\n")
+        recorder.client(auth)
+        assert any(b"AGFsaWNlAHNlY3JldA" in data for data in reachable_bytes(log))  # kept
+        recorder.server(b"235 2.7.0 Authentication successful\r\n")
+        recorder.end()
+        assert not any(b"AGFsaWNlAHNlY3JldA" in data for data in reachable_bytes(log))
+    assert ("<", "235 2.7.0 Authentication successful") in log.recent()[0].lines
+
+
+def test_a_long_session_keeps_a_few_kib_and_stops_once_its_transcript_is_full() -> None:
+    log = TranscriptLog()
+    recorder = log.open("S1", "192.0.2.1:1234")
+    kept = []
+    for _ in range(2000):
+        recorder.client(b"NOOP\r\n")
+        recorder.server(b"250 2.0.0 Ok\r\n")
+        kept.append(sum(map(len, reachable_bytes(recorder))))
+    assert max(kept) < 8192
+    assert kept[-1] == kept[-2]  # nothing more kept once full
+    (transcript,) = log.recent()
+    assert len(transcript.lines) == 301
+    assert transcript.lines[-1] == ("", "… (the rest of this session is not shown)")
+
+
+def test_another_thread_reads_the_log_through_the_sessions_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The web app reads from a thread while sessions record in the loop: it gets every line
+    recorded before it asked, made in the loop's thread."""
+    readers: list[int] = []
+    read_unread = Recorder.read_unread
+
+    def watched(recorder: Recorder) -> None:
+        readers.append(threading.get_ident())
+        read_unread(recorder)
+
+    monkeypatch.setattr(Recorder, "read_unread", watched)
+    log = TranscriptLog()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever)
+    thread.start()
+    try:
+
+        async def record() -> None:
+            log.loop = asyncio.get_running_loop()
+            recorder = log.open("S1", "192.0.2.1:1234")
+            recorder.server(b"220 mx.example.test ESMTP\r\n")
+            recorder.client(b"NOOP\r\n")
+            recorder.server(b"250 2.0.0 Ok\r\n")
+
+        asyncio.run_coroutine_threadsafe(record(), loop).result(10)
+        (transcript,) = log.recent()
+        assert transcript.live
+        assert transcript.lines == [
+            ("<", "220 mx.example.test ESMTP"),
+            (">", "NOOP"),
+            ("<", "250 2.0.0 Ok"),
+        ]
+        assert readers == [thread.ident]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,15 @@ bounded: a few hundred lines per session, a few hundred characters per line, and
 ``capacity`` sessions. Nothing is recorded until ``enable()`` is called (by each worker when
 the web UI is configured), so a server without the UI pays one attribute look-up per read.
 
+Most sessions are never looked at, so their bytes are made lines late: a session keeps what
+it reads and writes as it came (a list append each), and the lines are made when someone
+reads the log, or once a session holds a few KiB of bytes not yet read. A session that ends
+with "auth" anywhere in what its client sent is read as it ends, so no secret outlives its
+session unmasked. Once a session has all the lines it may show, the rest is not kept.
+
+A log belongs to the event loop its sessions run in, and only that loop's thread changes
+it; another thread (the web app's) reads it through the loop, so recording takes no lock.
+
 Like the metrics, this is neutral ground between ``pigeon.server`` and ``pigeon.web``. Each
 worker process keeps its own sessions, in memory; the web app asks the other workers for
 theirs when someone looks (``pigeon.worker_transcripts``), so recording costs a session no
@@ -16,6 +25,7 @@ more with several workers than with one.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 import time
@@ -27,6 +37,8 @@ __all__ = ["Recorder", "Transcript", "TranscriptLog", "enable", "log", "start"]
 _MAX_LINES = 300
 _MAX_LINE = 300
 _MAX_PENDING = 2048  # an unfinished line longer than this is cut (the core refuses it anyway)
+_MAX_UNREAD = 4096  # octets a session keeps as they came before they are made lines
+_READ_SECONDS = 2.0  # another thread waits this long for the loop to read the log for it
 _END_OF_DATA = b"\r\n.\r\n"
 _BDAT = re.compile(rb"BDAT\s+(\d{1,12})", re.IGNORECASE)
 
@@ -51,53 +63,83 @@ class TranscriptLog:
 
     def __init__(self, capacity: int = 50, worker: str = "w0") -> None:
         self.worker = worker
-        self._ended: deque[Transcript] = deque(maxlen=capacity)
-        self._live: dict[int, Transcript] = {}
+        self._ended: deque[Recorder] = deque(maxlen=capacity)
+        self._live: dict[int, Recorder] = {}
         self._numbers = itertools.count(1)
-        self.version = 0  # changes whenever anything does: a cheap "is there news?"
+        self.loop: asyncio.AbstractEventLoop | None = None  # where the sessions run
 
-    def open(self, session: str, client: str) -> Transcript:
+    def open(self, session: str, client: str) -> Recorder:
+        """The recorder of a new session."""
         transcript = Transcript(
             session, client, time.time(), number=next(self._numbers), worker=self.worker
         )
-        self._live[transcript.number] = transcript
-        self.version += 1
-        return transcript
+        recorder = Recorder(self, transcript)
+        self._live[transcript.number] = recorder
+        return recorder
 
-    def close(self, transcript: Transcript) -> None:
+    def close(self, recorder: Recorder) -> None:
+        transcript = recorder.transcript
         transcript.ended = time.time()
         if self._live.pop(transcript.number, None) is not None:
-            self._ended.append(transcript)
-        self.version += 1
+            self._ended.append(recorder)
 
     def recent(self, limit: int = 50) -> list[Transcript]:
-        """Newest first: the live sessions, then those that ended."""
-        sessions = sorted(
-            [*self._live.values(), *self._ended], key=lambda t: t.number, reverse=True
-        )
-        return sessions[:limit]
+        """Newest first: the live sessions, then those that ended. From a thread other than
+        the loop's, waits for the loop to read them (``TimeoutError`` if it does not)."""
+        loop = self.loop
+        if loop is None or not loop.is_running() or _running_loop() is loop:
+            return self._read(limit)
+
+        async def read() -> list[Transcript]:
+            return self._read(limit)
+
+        return asyncio.run_coroutine_threadsafe(read(), loop).result(_READ_SECONDS)
+
+    def _read(self, limit: int) -> list[Transcript]:
+        recorders = sorted(
+            [*self._live.values(), *self._ended],
+            key=lambda r: r.transcript.number,
+            reverse=True,
+        )[:limit]
+        for recorder in recorders:
+            recorder.read_unread()
+        return [recorder.transcript for recorder in recorders]
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class Recorder:
-    """Turns one session's bytes into transcript lines."""
+    """Keeps one session's bytes, and turns them into transcript lines."""
 
     __slots__ = (
         "_auth",
         "_before_data",
         "_client_pending",
         "_data_octets",
+        "_full",
         "_log",
         "_mode",
         "_server_pending",
         "_skip",
         "_tail",
         "_unanswered",
+        "_unread",
+        "_unread_octets",
         "transcript",
     )
 
     def __init__(self, log: TranscriptLog, transcript: Transcript) -> None:
         self._log = log
         self.transcript = transcript
+        # What the client (True) and the server (False) sent, in order, not yet made lines.
+        self._unread: list[tuple[bool, bytes]] = []
+        self._unread_octets = 0
+        self._full = False  # the transcript has all the lines it may show: the rest goes
         self._client_pending = b""
         self._server_pending = b""
         # "command"; "data?" (DATA sent, its reply not yet seen); "data" (message text until
@@ -112,17 +154,54 @@ class Recorder:
         self._unanswered = 0
         self._before_data = 0
 
+    def client(self, data: bytes) -> None:
+        """What the client sent: one read."""
+        if not self._full:
+            self._unread.append((True, data))
+            self._unread_octets += len(data)
+            if self._unread_octets > _MAX_UNREAD:
+                self.read_unread()
+
+    def server(self, data: bytes) -> None:
+        """What the server sent: one write."""
+        if not self._full:
+            self._unread.append((False, data))
+            self._unread_octets += len(data)
+            if self._unread_octets > _MAX_UNREAD:
+                self.read_unread()
+
+    def end(self) -> None:
+        """The session is over. What it kept is read now if it may hold a secret: AUTH is
+        the only command that sends one. (A case-insensitive regular expression costs some
+        twenty times as much as lower() and a search.)"""
+        if any(from_client and b"auth" in data.lower() for from_client, data in self._unread):
+            self.read_unread()
+        self._log.close(self)
+
+    def read_unread(self) -> None:
+        """Make lines of the bytes kept so far."""
+        if not self._unread:
+            return
+        unread, self._unread, self._unread_octets = self._unread, [], 0
+        for from_client, data in unread:
+            if self._full:
+                break
+            if from_client:
+                self._read_client(data)
+            else:
+                self._read_server(data)
+
     def _add(self, direction: str, text: str) -> None:
         lines = self.transcript.lines
         if len(lines) < _MAX_LINES:
             if len(text) > _MAX_LINE:
                 text = text[:_MAX_LINE] + "…"
             lines.append((direction, text))
-            self._log.version += 1
         elif len(lines) == _MAX_LINES:
             lines.append(("", "… (the rest of this session is not shown)"))
+            self._full = True
 
-    def client(self, data: bytes) -> None:
+    def _read_client(self, data: bytes) -> None:
         if (
             data
             and self._mode not in ("data", "bdat")
@@ -202,7 +281,7 @@ class Recorder:
                 self._add(">", f"[chunk: {self._skip} octets]")
                 self._mode = "bdat" if self._skip else "command"
 
-    def server(self, data: bytes) -> None:
+    def _read_server(self, data: bytes) -> None:
         if (
             not self._server_pending
             and data.endswith(b"\r\n")
@@ -237,9 +316,6 @@ class Recorder:
                     self._mode, self._tail, self._data_octets = "data", b"\r\n", 0
                 else:
                     self._mode = "command"
-
-    def end(self) -> None:
-        self._log.close(self.transcript)
 
 
 class _Off(Recorder):
@@ -276,7 +352,9 @@ def log() -> TranscriptLog | None:
 
 
 def start(session: str, client: str) -> Recorder:
-    """The recorder of a new session: call ``client()``, ``server()`` and ``end()`` on it."""
+    """The recorder of a new session, which runs in this thread's event loop: call
+    ``client()``, ``server()`` and ``end()`` on it."""
     if _log is None:
         return _OFF
-    return Recorder(_log, _log.open(session, client))
+    _log.loop = _running_loop()
+    return _log.open(session, client)
