@@ -356,5 +356,7 @@ def start(session: str, client: str) -> Recorder:
     ``client()``, ``server()`` and ``end()`` on it."""
     if _log is None:
         return _OFF
-    _log.loop = _running_loop()
+    loop = _log.loop
+    if loop is None or not loop.is_running():  # not asked each time: a getpid() on 3.11
+        _log.loop = _running_loop()
     return _log.open(session, client)

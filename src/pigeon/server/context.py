@@ -42,6 +42,9 @@ class ServerContext:
     started_at: float = field(default_factory=time.monotonic)  # for HELP STATUS's uptime
     shutting_down: bool = False
     drained: asyncio.Event = field(default_factory=asyncio.Event)  # last session gone
+    # The loop the sessions run in. Made in it; kept because on Python 3.11 each
+    # asyncio.get_running_loop() costs a getpid() system call, several times a message.
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     _disk_checked_at: float = -1.0
     _disk_ok: bool = True
     # Connections and message rates per client (and per user), counted in this worker.

@@ -224,7 +224,7 @@ class Session(asyncio.Protocol):
             if delay and not context.relay.is_trusted(self._client_ip):
                 # As Postfix's postscreen: a client that talks before the greeting is not
                 # waiting for replies, which is what spam engines do (RFC 5321 3.1, 4.3.1).
-                self._greeting = asyncio.get_running_loop().call_later(delay, self._greet)
+                self._greeting = context.loop.call_later(delay, self._greet)
             else:
                 self._greet()
             if context.resolver is not None:
@@ -725,7 +725,7 @@ class Session(asyncio.Protocol):
         self._client_name = await reverse_name(self._context.resolver, self._client_ip)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
+        task = self._context.loop.create_task(coroutine)
         self._tasks.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._tasks.discard)
 
@@ -771,8 +771,7 @@ class Session(asyncio.Protocol):
         if not timeout:
             return
         remaining = self._last_activity + timeout - time.monotonic()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(max(remaining, 0.05), self._on_timer)
+        self._timer = self._context.loop.call_later(max(remaining, 0.05), self._on_timer)
 
     def _on_timer(self) -> None:
         """One timer per session, re-armed lazily: cheaper than resetting it on every read."""
