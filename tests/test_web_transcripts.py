@@ -99,6 +99,35 @@ def test_no_secret_outlives_its_session_unmasked() -> None:
     assert ("<", "235 2.7.0 Authentication successful") in log.recent()[0].lines
 
 
+_SECRET = b"AGFsaWNlAHNlY3JldA"
+_AUTH_SESSIONS = [
+    [b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n", b"235 2.7.0 ok\r\n"],
+    [b"AUTH LOGIN\r\n", b"334 VXNlcm5hbWU6\r\n", b"AGFsaWNlAHNlY3JldA==\r\n", b"235 ok\r\n"],
+]
+
+
+@pytest.mark.parametrize("exchange", _AUTH_SESSIONS)
+def test_no_secret_outlives_its_session_whenever_the_log_is_read(exchange: list[bytes]) -> None:
+    """Someone may read the log at any moment, even between two halves of a line: whatever
+    the session kept after that is still checked for secrets as it ends."""
+    wire = [(not data[:3].isdigit(), data) for data in exchange]
+    for index, (from_client, data) in enumerate(wire):
+        for cut in range(len(data) + 1):
+            log = TranscriptLog()
+            recorder = log.open("S1", "192.0.2.1:1234")
+            recorder.server(b"220 mx.example.test ESMTP\r\n")
+            pieces = [*wire[:index], (from_client, data[:cut])]
+            rest = [(from_client, data[cut:]), *wire[index + 1 :]]
+            for sender, piece in pieces:
+                (recorder.client if sender else recorder.server)(piece)
+            log.recent()  # read here
+            for sender, piece in rest:
+                (recorder.client if sender else recorder.server)(piece)
+            recorder.end()
+            assert not any(_SECRET in data for data in reachable_bytes(log)), (index, cut)
+            assert not any(_SECRET.decode() in text for _, text in log.recent()[0].lines)
+
+
 def test_a_long_session_keeps_a_few_kib_and_stops_once_its_transcript_is_full() -> None:
     log = TranscriptLog()
     recorder = log.open("S1", "192.0.2.1:1234")

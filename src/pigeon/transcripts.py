@@ -171,12 +171,17 @@ class Recorder:
                 self.read_unread()
 
     def end(self) -> None:
-        """The session is over. What it kept is read now if it may hold a secret: AUTH is
-        the only command that sends one. (A case-insensitive regular expression costs some
-        twenty times as much as lower() and a search.)"""
-        if any(from_client and b"auth" in data.lower() for from_client, data in self._unread):
+        """The session is over. What it kept is read now if it may hold a secret."""
+        if self._unread and (self._auth or self._may_hold_secret()):
             self.read_unread()
         self._log.close(self)
+
+    def _may_hold_secret(self) -> bool:
+        """AUTH is the only command that sends secrets: is "auth" in what the client sent
+        since the last read, with the unfinished line that read left? (A case-insensitive
+        regular expression costs some twenty times as much as lower() and a search.)"""
+        sent = b"".join(data for from_client, data in self._unread if from_client)
+        return b"auth" in (self._client_pending + sent).lower()
 
     def read_unread(self) -> None:
         """Make lines of the bytes kept so far."""
