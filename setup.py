@@ -12,10 +12,12 @@ from typing import Any
 from setuptools import setup
 
 # The protocol core and what it calls for every command: modules whose objects one thread
-# uses (the event loop's), or that never change once made. Left out, though hot: the spool,
-# logs and transcripts, whose objects several threads share. Compiled, the test suite crashed
-# in the garbage collector now and then (mypyc 2.4), and a spool's failure to open raised a
-# TypeError instead of its SpoolError. Also left out: smtp/_events.py (mypyc refuses its
+# uses (the event loop's), or that never change once made. Left out, though hot: the spool
+# and logs, whose objects several threads share. Compiled, the test suite crashed in the
+# garbage collector now and then (mypyc 2.4), and a spool's failure to open raised a
+# TypeError instead of its SpoolError. Transcripts were left out with them, when threads
+# shared those too; now only the event loop's thread does, but compiling them is untried.
+# Also left out: smtp/_events.py (mypyc refuses its
 # dataclasses' ClassVar defaults) and the queue's scheduler (an internal error of mypyc 2.4).
 COMPILED = [
     "src/pigeon/smtp/_abnf.py",
