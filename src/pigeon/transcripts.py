@@ -156,16 +156,15 @@ class Recorder:
 
     def client(self, data: bytes) -> None:
         """What the client sent: one read."""
-        if not self._full:
-            self._unread.append((True, data))
-            self._unread_octets += len(data)
-            if self._unread_octets > _MAX_UNREAD:
-                self.read_unread()
+        self._keep(True, data)
 
     def server(self, data: bytes) -> None:
         """What the server sent: one write."""
+        self._keep(False, data)
+
+    def _keep(self, from_client: bool, data: bytes) -> None:
         if not self._full:
-            self._unread.append((False, data))
+            self._unread.append((from_client, data))
             self._unread_octets += len(data)
             if self._unread_octets > _MAX_UNREAD:
                 self.read_unread()
