@@ -81,35 +81,19 @@ def reachable_bytes(root: object) -> list[bytes]:
     return found
 
 
-def test_no_secret_outlives_its_session_unmasked() -> None:
-    """Bytes are kept as they came until someone reads the log; a session that sent AUTH is
-    read as it ends, so its credentials are gone from memory with it."""
-    log = TranscriptLog()
-    for auth in (
-        b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n",
-        b"ehlo c\r\nauth plain AGFsaWNlAHNlY3JldA==\r\n",
-    ):
-        recorder = log.open("S1", "192.0.2.1:1234")
-        recorder.server(b"220 mx.example.test ESMTP\r\n")
-        recorder.client(auth)
-        assert any(b"AGFsaWNlAHNlY3JldA" in data for data in reachable_bytes(log))  # kept
-        recorder.server(b"235 2.7.0 Authentication successful\r\n")
-        recorder.end()
-        assert not any(b"AGFsaWNlAHNlY3JldA" in data for data in reachable_bytes(log))
-    assert ("<", "235 2.7.0 Authentication successful") in log.recent()[0].lines
-
-
 _SECRET = b"AGFsaWNlAHNlY3JldA"
 _AUTH_SESSIONS = [
     [b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n", b"235 2.7.0 ok\r\n"],
+    [b"ehlo c\r\nauth plain AGFsaWNlAHNlY3JldA==\r\n", b"235 2.7.0 ok\r\n"],
     [b"AUTH LOGIN\r\n", b"334 VXNlcm5hbWU6\r\n", b"AGFsaWNlAHNlY3JldA==\r\n", b"235 ok\r\n"],
 ]
 
 
 @pytest.mark.parametrize("exchange", _AUTH_SESSIONS)
 def test_no_secret_outlives_its_session_whenever_the_log_is_read(exchange: list[bytes]) -> None:
-    """Someone may read the log at any moment, even between two halves of a line: whatever
-    the session kept after that is still checked for secrets as it ends."""
+    """A session keeps its bytes unread until someone reads the log, which may be at any
+    moment, even between two halves of a line. However it went, no credential is left in
+    memory once the session has ended, and none is shown."""
     wire = [(not data[:3].isdigit(), data) for data in exchange]
     for index, (from_client, data) in enumerate(wire):
         for cut in range(len(data) + 1):
