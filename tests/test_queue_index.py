@@ -108,6 +108,53 @@ def test_first_states_written_with_the_rows_match_an_update_after_them(tmp_path:
         one.apply(again, now=1600.0)
         assert [state for state, *_ in rows(one)] == ["held", "deferred", "held"]
         assert rows(one)[1][1] == 1  # the deferred recipient keeps its attempt
+        # Added again with an attempt: counted on top of the one before, with its reply.
+        attempt = RecipientUpdate("Q1", 1, RecipientState.DEFERRED, 2400.0, "4.4.2", "slow")
+        one.apply(IndexChanges(added=again.added, updates=[attempt]), now=1700.0)
+        assert rows(one)[1] == ("deferred", 2, 2400.0, "4.4.2", "slow", 1700.0)
+        assert [a.status for a in one.attempts("Q1")] == ["4.4.1", "4.4.2"]
+
+
+@pytest.mark.parametrize("count", [1, 2, 35, 127, 200])
+def test_a_large_batch_reads_as_one_message_at_a_time(tmp_path: Path, count: int) -> None:
+    """Rows go in many to a statement: every count of messages must come out whole."""
+
+    def batches() -> list[IndexChanges]:
+        return [
+            IndexChanges(
+                added=[(spooled(f"Q{n:04d}", "a@x.test", f"b{n}@y.test"), "w0")],
+                updates=[
+                    RecipientUpdate(f"Q{n:04d}", 1, RecipientState.HELD, None, "4.3.2", "held")
+                ]
+                if n % 3
+                else [],
+            )
+            for n in range(count)
+        ]
+
+    def dump(index: QueueIndex) -> list[tuple[object, ...]]:
+        return [
+            (m.queue_id, m.spooled(), r.address, r.state, r.attempts, r.status, r.last_reply)
+            for m in index.messages()
+            for r in m.recipients
+        ] + [
+            (a.address, a.outcome, a.status)
+            for m in index.messages()
+            for a in index.attempts(m.queue_id)
+        ]
+
+    with QueueIndex(tmp_path / "one.db") as one, QueueIndex(tmp_path / "many.db") as many:
+        whole = IndexChanges()
+        for batch in batches():
+            whole.added += batch.added
+            whole.updates += batch.updates
+            many.apply(batch, now=1500.0)
+        one.apply(whole, now=1500.0)
+        assert dump(one) == dump(many)
+        assert len(one.messages()) == count
+        unheld = len(range(0, count, 3))  # messages whose second recipient stays queued
+        expected = {"queued": count + unheld, "held": count - unheld}
+        assert one.count() == {state: n for state, n in expected.items() if n}
 
 
 def test_requests_go_to_the_owner_and_are_taken_once(tmp_path: Path) -> None:

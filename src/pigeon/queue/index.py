@@ -255,9 +255,11 @@ def _fold_first_states(
     """Split ``changes.updates`` into the first states of recipients added in the same batch
     (written with their rows instead of by an UPDATE after them) and the updates left.
 
-    Only a recipient's single update that is not an attempt is folded: it sets no status,
-    reply or history, so inserting the row with it is the same as inserting then updating.
-    Held mail (ATRN) is the common case: added and held in one batch.
+    A recipient's update is folded when it is the only one for that recipient in the batch:
+    the row is inserted with the state, attempt count, status and reply the update would
+    have left, which reads the same as inserting then updating. (Its history row, if it was
+    an attempt, is written like any other.) Held mail (ATRN) is the common case: added and
+    held in one batch.
     """
     if not changes.added or not changes.updates:
         return {}, changes.updates
@@ -271,11 +273,32 @@ def _fold_first_states(
     rest: list[RecipientUpdate] = []
     for u in changes.updates:
         key = (u.queue_id, u.position)
-        if not u.attempted and counts.get(key) == 1:
+        if counts.get(key) == 1:
             first[key] = u
         else:
             rest.append(u)
     return first, rest
+
+
+# Rows are inserted many to a statement, in statements of these sizes (one of each bit of the
+# count): one step, and one release of the GIL, per statement instead of per row, and only a
+# handful of statement shapes for sqlite3's statement cache.
+_ROWS_PER_STATEMENT = (64, 32, 16, 8, 4, 2, 1)
+
+
+def _insert_rows(
+    db: sqlite3.Connection, head: str, rows: Sequence[tuple[object, ...]], tail: str = ""
+) -> None:
+    """``head VALUES (...), (...), ... tail`` for every row of ``rows`` (all of one width)."""
+    if not rows:
+        return
+    one = "(" + ",".join("?" * len(rows[0])) + ")"
+    start = 0
+    for size in _ROWS_PER_STATEMENT:
+        while len(rows) - start >= size:
+            values = [value for row in rows[start : start + size] for value in row]
+            db.execute(f"{head} VALUES {','.join([one] * size)}{tail}", values)
+            start += size
 
 
 def _domain_of(address: str) -> str:
@@ -371,6 +394,15 @@ class QueueIndex:
                 first_states, updates = _fold_first_states(changes)
                 self._add(db, changes.added, first_states, stamp)
                 self._update(db, updates, stamp)
+                _insert_rows(
+                    db,
+                    "INSERT INTO attempts (queue_id, position, at, outcome, status, detail)",
+                    [
+                        (u.queue_id, u.position, stamp, u.state.value, u.status, u.detail)
+                        for u in changes.updates
+                        if u.attempted
+                    ],
+                )
                 if changes.warned:
                     db.executemany(
                         "UPDATE messages SET warned = 1 WHERE queue_id = ?",
@@ -398,9 +430,10 @@ class QueueIndex:
     ) -> None:
         if not added:
             return
-        db.executemany(
+        _insert_rows(
+            db,
             "INSERT OR IGNORE INTO messages (queue_id, owner, segment, record, body_offset,"
-            " size, sender, arrival, envelope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " size, sender, arrival, envelope)",
             [
                 (
                     m.queue_id,
@@ -416,36 +449,50 @@ class QueueIndex:
                 for m, owner in added
             ],
         )
-        fresh: list[tuple[str, int, str, str, str, float | None, float]] = []
-        settled: list[tuple[str, int, str, str, str, float | None, float]] = []
+        fresh: list[tuple[object, ...]] = []
+        settled: list[tuple[object, ...]] = []
         for m, _ in added:
             for position, address in enumerate(m.envelope.recipients):
                 first = first_states.get((m.queue_id, position))
-                state, next_attempt = (
-                    ("queued", None) if first is None else (first.state.value, first.next_attempt)
+                if first is None:
+                    row = (m.queue_id, position, address, _domain_of(address), "queued", stamp)
+                    fresh.append(row)
+                    continue
+                attempted = first.attempted
+                settled.append(
+                    (
+                        m.queue_id,
+                        position,
+                        address,
+                        _domain_of(address),
+                        first.state.value,
+                        first.next_attempt,
+                        1 if attempted else 0,
+                        first.status if attempted else "",
+                        first.detail if attempted else "",
+                        stamp,
+                    )
                 )
-                row = (
-                    m.queue_id,
-                    position,
-                    address,
-                    _domain_of(address),
-                    state,
-                    next_attempt,
-                    stamp,
-                )
-                (fresh if first is None else settled).append(row)
-        columns = (
-            " INTO recipients (queue_id, position, address, domain, state, next_attempt, updated)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)"
+        _insert_rows(
+            db,
+            "INSERT OR IGNORE INTO recipients"
+            " (queue_id, position, address, domain, state, updated)",
+            fresh,
         )
-        db.executemany("INSERT OR IGNORE" + columns, fresh)
-        # What an UPDATE after the insert would do, in the same statement: a row that is there
-        # already takes the new state, one that is not is born with it.
-        db.executemany(
-            "INSERT" + columns + " ON CONFLICT (queue_id, position) DO UPDATE SET"
-            " state = excluded.state, next_attempt = excluded.next_attempt,"
-            " updated = excluded.updated",
+        # The row the update would have left, in the same statement as the insert: a row that
+        # is there already (added again after a restart) takes the update as an UPDATE would.
+        _insert_rows(
+            db,
+            "INSERT INTO recipients (queue_id, position, address, domain, state, next_attempt,"
+            " attempts, status, last_reply, updated)",
             settled,
+            " ON CONFLICT (queue_id, position) DO UPDATE SET"
+            " state = excluded.state, next_attempt = excluded.next_attempt,"
+            " attempts = attempts + excluded.attempts,"
+            " status = CASE WHEN excluded.attempts THEN excluded.status ELSE status END,"
+            " last_reply = CASE WHEN excluded.attempts THEN excluded.last_reply"
+            " ELSE last_reply END,"
+            " updated = excluded.updated",
         )
 
     @staticmethod
@@ -472,15 +519,6 @@ class QueueIndex:
                     u.position,
                 )
                 for u in updates
-            ],
-        )
-        db.executemany(
-            "INSERT INTO attempts (queue_id, position, at, outcome, status, detail)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                (u.queue_id, u.position, stamp, u.state.value, u.status, u.detail)
-                for u in updates
-                if u.attempted
             ],
         )
 
