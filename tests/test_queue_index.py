@@ -3,11 +3,16 @@ the envelope's DSN fields it stores."""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from pigeon.queue import Envelope, QueueIndex, QueueIndexError, RecipientState
+from pigeon.queue.envelope import MAIL_MODES
 from pigeon.queue.index import IndexChanges, RecipientUpdate, RequestAction
 from pigeon.queue.spool import SpooledMessage
 from pigeon.smtp import xtext_decode, xtext_encode
@@ -218,6 +223,54 @@ def test_envelope_dsn_fields_survive_the_spool_format() -> None:
     # Spool records written before recipient parameters existed still read.
     old = Envelope.from_json(b'{"sender": "", "recipients": ["a@x.test"]}')
     assert old.notify(0) == {"FAILURE", "DELAY"}
+
+
+def general_json(envelope: Envelope) -> bytes:
+    """The envelope through the standard library's general encoder, as it was first stored."""
+    fields = {
+        "sender": envelope.sender,
+        "recipients": list(envelope.recipients),
+        "client_address": envelope.client_address,
+        "client_name": envelope.client_name,
+        "helo": envelope.helo,
+        "protocol": envelope.protocol,
+        "body_type": envelope.body_type,
+        "received_at": envelope.received_at,
+        "mail_parameters": [list(p) for p in envelope.mail_parameters],
+        "recipient_parameters": [[list(p) for p in ps] for ps in envelope.recipient_parameters],
+    }
+    if envelope.mode != "mail":
+        fields["mode"] = envelope.mode
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+PARAMETERS = st.lists(st.tuples(st.text(), st.none() | st.text()), max_size=3).map(tuple)
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(
+    envelope=st.builds(
+        Envelope,
+        sender=st.text(),
+        recipients=st.lists(st.text(), max_size=3).map(tuple),
+        client_address=st.text(),
+        client_name=st.text(),
+        helo=st.text(),
+        protocol=st.text(),
+        body_type=st.text(),
+        received_at=st.floats() | st.integers(),
+        mail_parameters=PARAMETERS,
+        recipient_parameters=st.lists(PARAMETERS, max_size=3).map(tuple),
+        mode=st.sampled_from(MAIL_MODES),
+    )
+)
+def test_envelope_json_is_the_general_encoders(envelope: Envelope) -> None:
+    """The envelope's own JSON writer (quotes, control characters, any Unicode, NaN) must
+    write what the general encoder writes, and read back as the envelope it was."""
+    data = envelope.to_json()
+    assert data == general_json(envelope)
+    if math.isfinite(envelope.received_at):
+        assert Envelope.from_json(data) == envelope
 
 
 @pytest.mark.parametrize("text", ["plain", "a+b=c", "tab\there", "jöran@bücher.test", "+2B"])
