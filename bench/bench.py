@@ -871,18 +871,22 @@ def machine() -> str:
     )
 
 
+# The sections of bench/results.md, in their order there: one per mode.
+_SECTIONS = ("throughput", "idle", "maildir", "instructions")
+
+
 def save_section(mode: str, text: str) -> None:
     """Replaces this mode's section of bench/results.md (the others stay as they were)."""
     begin, end = f"<!-- bench:{mode} -->", f"<!-- /bench:{mode} -->"
     sections: dict[str, str] = {}
     if RESULTS.exists():
         current = RESULTS.read_text()
-        for name in ("throughput", "idle", "maildir"):
+        for name in _SECTIONS:
             b, e = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
             if b in current and e in current:
                 sections[name] = current[current.index(b) : current.index(e) + len(e)]
     sections[mode] = f"{begin}\n{text.rstrip()}\n{end}"
-    body = "\n\n".join(sections[m] for m in ("throughput", "idle", "maildir") if m in sections)
+    body = "\n\n".join(sections[m] for m in _SECTIONS if m in sections)
     RESULTS.write_text(
         "# Pigeon benchmark results\n\n"
         "Written by `bench/run` (see the README's benchmark section); each mode replaces its "
@@ -1571,6 +1575,10 @@ def report_instructions(names: list[str], results: dict[tuple[str, str], int], n
             " in the throughput table's pigeon-held; -compiled: the compiled build.",
             "- A count, not a time: it moves by about 1 % between runs, so it shows what a"
             " change to the code costs or saves when the machine is too noisy for msg/s to.",
+            "- Under valgrind a server runs some 50 times slower, so work done in batches"
+            " costs more per message than at full speed: the queue index, written every"
+            " 50 ms, takes one or two held messages per transaction here and dozens in the"
+            " throughput table.",
         ]
     )
     print("\n" + text)
