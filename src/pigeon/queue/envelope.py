@@ -108,12 +108,13 @@ class Envelope:
     def to_json(self) -> bytes:
         """The envelope as the spool record and the queue index store it: compact JSON.
 
-        Every accepted message is encoded twice (spool and index), so the JSON is written
-        here around the standard library's string escaper, in a third of the time the
-        general encoder takes. Its output is the general encoder's, byte for byte (a test
-        holds it to that)."""
+        Every accepted message is encoded for its spool record, and again if it enters the
+        queue index, so the JSON is written here around the standard library's string
+        escaper, in a third of the time the general encoder takes. Its output is the general
+        encoder's, byte for byte (a test holds it to that)."""
         string = _json_string
         recipients = ",".join(map(string, self.recipients))
+        # Written only when it is not plain mail: records stay as they were for MAIL.
         mode = f',"mode":{string(self.mode)}' if self.mode != "mail" else ""
         return (
             f'{{"sender":{string(self.sender)},"recipients":[{recipients}],'
