@@ -160,6 +160,15 @@ def test_a_large_batch_reads_as_one_message_at_a_time(tmp_path: Path, count: int
         unheld = len(range(0, count, 3))  # messages whose second recipient stays queued
         expected = {"queued": count + unheld, "held": count - unheld}
         assert one.count() == {state: n for state, n in expected.items() if n}
+        # Every other message done, then all but the last forgotten, in one batch each.
+        ids = [m.queue_id for m in one.messages()]
+        one.apply(IndexChanges(warned=ids, done=ids[::2]))
+        assert [(m.warned, m.done) for m in one.messages()] == [
+            (True, n % 2 == 0) for n in range(count)
+        ]
+        one.apply(IndexChanges(forgotten=ids[:-1]))
+        assert [m.queue_id for m in one.messages()] == ids[-1:]
+        assert all(one.attempts(q) == [] for q in ids[:-1])
 
 
 def test_requests_go_to_the_owner_and_are_taken_once(tmp_path: Path) -> None:

@@ -280,24 +280,27 @@ def _fold_first_states(
     return first, rest
 
 
-# Rows are inserted many to a statement, in statements of these sizes (one of each bit of the
-# count): one step, and one release of the GIL, per statement instead of per row, and only a
-# handful of statement shapes for sqlite3's statement cache.
+# Rows go many to a statement, in statements of these sizes (one of each bit of the count):
+# one step, and one release of the GIL, per statement instead of per row, and only a handful
+# of statement shapes for sqlite3's statement cache.
 _ROWS_PER_STATEMENT = (64, 32, 16, 8, 4, 2, 1)
 
 
-def _insert_rows(
-    db: sqlite3.Connection, head: str, rows: Sequence[tuple[object, ...]], tail: str = ""
+def _execute_grouped(
+    db: sqlite3.Connection, template: str, rows: Sequence[tuple[object, ...]]
 ) -> None:
-    """``head VALUES (...), (...), ... tail`` for every row of ``rows`` (all of one width)."""
+    """Run ``template`` for every row of ``rows`` (all of one width), many rows at a time:
+    its ``{}`` becomes one group of placeholders per row, ``(?, ?, ...)`` or a lone ``?``
+    for rows of one value (``VALUES {}``, ``IN ({})``)."""
     if not rows:
         return
-    one = "(" + ",".join("?" * len(rows[0])) + ")"
+    width = len(rows[0])
+    group = "?" if width == 1 else "(" + ",".join("?" * width) + ")"
     start = 0
     for size in _ROWS_PER_STATEMENT:
         while len(rows) - start >= size:
             values = [value for row in rows[start : start + size] for value in row]
-            db.execute(f"{head} VALUES {','.join([one] * size)}{tail}", values)
+            db.execute(template.format(",".join([group] * size)), values)
             start += size
 
 
@@ -394,30 +397,31 @@ class QueueIndex:
                 first_states, updates = _fold_first_states(changes)
                 self._add(db, changes.added, first_states, stamp)
                 self._update(db, updates, stamp)
-                _insert_rows(
+                _execute_grouped(
                     db,
-                    "INSERT INTO attempts (queue_id, position, at, outcome, status, detail)",
+                    "INSERT INTO attempts (queue_id, position, at, outcome, status, detail)"
+                    " VALUES {}",
                     [
                         (u.queue_id, u.position, stamp, u.state.value, u.status, u.detail)
                         for u in changes.updates
                         if u.attempted
                     ],
                 )
-                if changes.warned:
-                    db.executemany(
-                        "UPDATE messages SET warned = 1 WHERE queue_id = ?",
-                        [(q,) for q in changes.warned],
-                    )
-                if changes.done:
-                    db.executemany(
-                        "UPDATE messages SET done = 1 WHERE queue_id = ?",
-                        [(q,) for q in changes.done],
-                    )
-                if changes.forgotten:
-                    db.executemany(
-                        "DELETE FROM messages WHERE queue_id = ?",
-                        [(q,) for q in changes.forgotten],
-                    )
+                _execute_grouped(
+                    db,
+                    "UPDATE messages SET warned = 1 WHERE queue_id IN ({})",
+                    [(q,) for q in changes.warned],
+                )
+                _execute_grouped(
+                    db,
+                    "UPDATE messages SET done = 1 WHERE queue_id IN ({})",
+                    [(q,) for q in changes.done],
+                )
+                _execute_grouped(
+                    db,
+                    "DELETE FROM messages WHERE queue_id IN ({})",
+                    [(q,) for q in changes.forgotten],
+                )
         except sqlite3.Error as error:
             raise QueueIndexError(f"queue index {self.path}: {error}") from error
 
@@ -430,10 +434,10 @@ class QueueIndex:
     ) -> None:
         if not added:
             return
-        _insert_rows(
+        _execute_grouped(
             db,
             "INSERT OR IGNORE INTO messages (queue_id, owner, segment, record, body_offset,"
-            " size, sender, arrival, envelope)",
+            " size, sender, arrival, envelope) VALUES {}",
             [
                 (
                     m.queue_id,
@@ -473,19 +477,18 @@ class QueueIndex:
                         stamp,
                     )
                 )
-        _insert_rows(
+        _execute_grouped(
             db,
             "INSERT OR IGNORE INTO recipients"
-            " (queue_id, position, address, domain, state, updated)",
+            " (queue_id, position, address, domain, state, updated) VALUES {}",
             fresh,
         )
         # The row the update would have left, in the same statement as the insert: a row that
         # is there already (added again after a restart) takes the update as an UPDATE would.
-        _insert_rows(
+        _execute_grouped(
             db,
             "INSERT INTO recipients (queue_id, position, address, domain, state, next_attempt,"
-            " attempts, status, last_reply, updated)",
-            settled,
+            " attempts, status, last_reply, updated) VALUES {}"
             " ON CONFLICT (queue_id, position) DO UPDATE SET"
             " state = excluded.state, next_attempt = excluded.next_attempt,"
             " attempts = attempts + excluded.attempts,"
@@ -493,6 +496,7 @@ class QueueIndex:
             " last_reply = CASE WHEN excluded.attempts THEN excluded.last_reply"
             " ELSE last_reply END,"
             " updated = excluded.updated",
+            settled,
         )
 
     @staticmethod
