@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from pigeon.delivery import DeliveryResult, MaildirAgent, MaildirItem, Outcome
 from pigeon.queue import Envelope, QueueIndex, RecipientState, Scheduler, Spool
-from pigeon.queue.index import IndexChanges
+from pigeon.queue.index import IndexChanges, Request
 from pigeon.queue.routing import Held
 from pigeon.queue.scheduler import _HELD_FLUSH_INTERVAL
 
@@ -146,6 +148,59 @@ def test_held_mail_reaches_the_index_in_few_transactions(tmp_path: Path) -> None
     # One at once, then at most one per interval (the last when the scheduler stops).
     assert 1 <= CountingIndex.transactions <= elapsed / _HELD_FLUSH_INTERVAL + 2
     assert CountingIndex.transactions < count // 4
+
+
+class BusyIndex(QueueIndex):
+    """The real index, whose reading of requests keeps the index thread busy until told."""
+
+    def __init__(self, path: Path, release: threading.Event) -> None:
+        super().__init__(path)
+        self.release = release
+        self.reading = threading.Event()
+
+    def take_requests(self, owner: str) -> list[Request]:
+        self.reading.set()
+        self.release.wait(10)
+        return super().take_requests(owner)
+
+
+def test_stop_keeps_a_flush_that_waits_for_the_index_thread(tmp_path: Path) -> None:
+    """stop() cancels the task of a scheduled flush. If that flush's write is still queued
+    behind other work of the index thread, the write must still happen: its changes have
+    been taken, and would otherwise be lost (the held message missing from the index)."""
+    release = threading.Event()
+
+    async def run() -> None:
+        spool = Spool(tmp_path / "spool")
+        await spool.open()
+        index = BusyIndex(tmp_path / "queue.db", release)
+        scheduler = Scheduler(
+            spool,
+            index=index,
+            local_agent=CountingAgent(),
+            router=lambda recipient, direct: Held("held for ATRN"),
+            retry_base=3600,
+        )
+        scheduler.start()
+        reading = asyncio.create_task(scheduler.apply_requests())
+        assert await asyncio.to_thread(index.reading.wait, 10)  # the index thread is busy
+        writer = spool.new_message()
+        writer.write(b"Subject: held\r\n\r\nx\r\n")
+        stored = await spool.commit(writer, Envelope("a@remote.test", ("bob@held.test",)))
+        scheduler.submit(stored)  # its flush starts at once, and waits for the thread
+        for _ in range(10):
+            await asyncio.sleep(0)
+        # The thread is released while stop() waits for it, after the flush was cancelled.
+        threading.Timer(0.2, release.set).start()
+        await scheduler.stop()
+        # The request reader, resumed after the stop, finds the index thread gone.
+        with contextlib.suppress(RuntimeError):
+            await reading
+        await spool.close()
+
+    asyncio.run(run())
+    with QueueIndex(tmp_path / "queue.db", readonly=True) as index:
+        assert [r.state for m in index.messages() for r in m.recipients] == [RecipientState.HELD]
 
 
 def test_flush_index_writes_held_mail_at_once(tmp_path: Path) -> None:

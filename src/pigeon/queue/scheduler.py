@@ -1173,7 +1173,11 @@ class Scheduler:
                 return
             changes = self._changes.take()
             now = self._clock()
-            await self._in_index(lambda: self._index.apply(changes, now=now))
+            # Shielded: these changes are taken, so their write must happen even if the task
+            # that asked for it is cancelled (stop() cancels a scheduled flush). Cancelled
+            # while the index thread was still busy with something else, the write would be
+            # dropped from its queue, and the changes with it.
+            await asyncio.shield(self._in_index(lambda: self._index.apply(changes, now=now)))
 
     async def _in_index(self, work: Callable[[], _T]) -> _T:
         loop = asyncio.get_running_loop()
