@@ -99,6 +99,17 @@ def test_a_failed_sync_defers_and_keeps_the_messages(tmp_path: Path) -> None:
     assert asyncio.run(recover()) == 3
 
 
+def holding_scheduler(spool: Spool, index: QueueIndex) -> Scheduler:
+    """A scheduler that holds every recipient for ATRN: all it does is keep the index."""
+    return Scheduler(
+        spool,
+        index=index,
+        local_agent=CountingAgent(),
+        router=lambda recipient, direct: Held("held for ATRN"),
+        retry_base=3600,
+    )
+
+
 class CountingIndex(QueueIndex):
     """The real index, counting its write transactions."""
 
@@ -118,13 +129,7 @@ def test_held_mail_reaches_the_index_in_few_transactions(tmp_path: Path) -> None
         spool = Spool(tmp_path / "spool")
         await spool.open()
         index = CountingIndex(tmp_path / "queue.db")
-        scheduler = Scheduler(
-            spool,
-            index=index,
-            local_agent=CountingAgent(),
-            router=lambda recipient, direct: Held("held for ATRN"),
-            retry_base=3600,
-        )
+        scheduler = holding_scheduler(spool, index)
         scheduler.start()
         commits = []
         for n in range(count):
@@ -174,13 +179,7 @@ def test_stop_keeps_a_flush_that_waits_for_the_index_thread(tmp_path: Path) -> N
         spool = Spool(tmp_path / "spool")
         await spool.open()
         index = BusyIndex(tmp_path / "queue.db", release)
-        scheduler = Scheduler(
-            spool,
-            index=index,
-            local_agent=CountingAgent(),
-            router=lambda recipient, direct: Held("held for ATRN"),
-            retry_base=3600,
-        )
+        scheduler = holding_scheduler(spool, index)
         scheduler.start()
         reading = asyncio.create_task(scheduler.apply_requests())
         assert await asyncio.to_thread(index.reading.wait, 10)  # the index thread is busy
@@ -210,13 +209,7 @@ def test_flush_index_writes_held_mail_at_once(tmp_path: Path) -> None:
     async def run() -> list[str]:
         spool = Spool(tmp_path / "spool")
         await spool.open()
-        scheduler = Scheduler(
-            spool,
-            index=QueueIndex(tmp_path / "queue.db"),
-            local_agent=CountingAgent(),
-            router=lambda recipient, direct: Held("held for ATRN"),
-            retry_base=3600,
-        )
+        scheduler = holding_scheduler(spool, QueueIndex(tmp_path / "queue.db"))
         scheduler.start()
         ids = []
         for n in range(2):
