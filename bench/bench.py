@@ -757,15 +757,23 @@ def wait_stored(server: Server, target: int, timeout: float, interval: float = 0
 
 def warm_up(server: Server, loads: Sequence[tuple[int, bool]]) -> None:
     """Loads that are not counted: Postfix forks its daemons, Python fills its caches."""
+    send_and_settle(server, loads, what="warm-up")
+
+
+def send_and_settle(
+    server: Server, loads: Sequence[tuple[int, bool]], *, size: int = 1024, what: str = "load"
+) -> None:
+    """smtp-source loads of (messages, reuse), then the wait until the server has stored
+    every message they sent (in Pigeon's queue index, say)."""
     before = server.stored()
     for messages, reuse in loads:
-        error = smtp_source(server.port, messages, 1024, reuse=reuse)
+        error = smtp_source(server.port, messages, size, reuse=reuse)
         if error:
-            raise BenchError(f"{server.name} failed the warm-up: {error}\n{tail(server.log)}")
+            raise BenchError(f"{server.name} failed the {what}: {error}\n{tail(server.log)}")
     if before is not None:
         target = before + sum(m for m, _ in loads)
         if not wait_stored(server, target, SETTLE_TIMEOUT):
-            raise BenchError(f"{server.name} did not store the warm-up messages")
+            raise BenchError(f"{server.name} did not store the {what}'s messages")
 
 
 @dataclass
@@ -1506,16 +1514,6 @@ class Callgrind:
         raise BenchError(f"no totals in {new[-1]}")
 
 
-def load_and_settle(server: Server, scenario: Scenario, messages: int) -> None:
-    """One load, and the wait until everything it sent is stored (in Pigeon's queue index)."""
-    before = server.stored()
-    error = smtp_source(server.port, messages, scenario.size, reuse=scenario.reuse)
-    if error is not None:
-        raise BenchError(f"{server.name}: {error}")
-    if before is not None and not wait_stored(server, before + messages, SETTLE_TIMEOUT):
-        raise BenchError(f"{server.name} did not store every message")
-
-
 def instructions(options: Options) -> str:
     servers: list[ProcessServer] = [
         PigeonServer(make_dir(options, "pigeon-1w-held"), workers=1, held=True),
@@ -1533,7 +1531,9 @@ def instructions(options: Options) -> str:
         for server in up:
             warm_up(server, [(50, True), (20, False)])
             for scenario in INSTRUCTION_SCENARIOS:
-                load = functools.partial(load_and_settle, server, scenario, messages)
+                load = functools.partial(
+                    send_and_settle, server, [(messages, scenario.reuse)], size=scenario.size
+                )
                 per_message = counters[server.name].count(load) // messages
                 results[(scenario.key, server.name)] = per_message
                 print(
