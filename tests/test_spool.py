@@ -11,6 +11,7 @@ import errno
 import io
 import logging
 import os
+import sys
 import threading
 from collections import Counter
 from collections.abc import Coroutine, Sequence
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 
 from pigeon.queue.envelope import Envelope
-from pigeon.queue.fileops import FileOps
+from pigeon.queue.fileops import FileOps, KernelSyncs
 from pigeon.queue.spool import RECORD_MAGIC, Spool, SpooledMessage, SpoolError
 
 if TYPE_CHECKING:
@@ -49,16 +50,23 @@ def envelope(n: int) -> Envelope:
 
 
 class FaultyOps(FileOps):
-    """Counts calls, and raises the error stored under an operation's name on its next call."""
+    """Counts calls, and raises the error stored under an operation's name on its next call.
+
+    A sync handed to the kernel counts as an ``fdatasync`` too (and under ``kernel``), and
+    fails the same way, so each test covers whichever path its batches take.
+    """
 
     def __init__(self) -> None:
         self.calls: Counter[str] = Counter()
+        self.on_loop: Counter[str] = Counter()  # the calls made on the event loop's thread
         self.fail: dict[str, OSError] = {}
         self._lock = threading.Lock()
 
     def _enter(self, name: str) -> None:
         with self._lock:
             self.calls[name] += 1
+            if threading.current_thread() is threading.main_thread():
+                self.on_loop[name] += 1
             error = self.fail.pop(name, None)
         if error is not None:
             raise error
@@ -85,9 +93,39 @@ class FaultyOps(FileOps):
         self._enter("ftruncate")
         super().ftruncate(fd, length)
 
+    def kernel_syncs(self, loop: asyncio.AbstractEventLoop) -> KernelSyncs | None:
+        real = super().kernel_syncs(loop)
+        return None if real is None else CountedKernelSyncs(self, real, loop)
+
+
+class CountedKernelSyncs:
+    """The real kernel syncs, counted by a :class:`FaultyOps`, and failed on its say."""
+
+    def __init__(self, ops: FaultyOps, real: KernelSyncs, loop: asyncio.AbstractEventLoop):
+        self._ops = ops
+        self._real = real
+        self._loop = loop
+
+    def fdatasync(self, fd: int) -> asyncio.Future[None]:
+        self._ops.calls["kernel"] += 1
+        try:
+            self._ops._enter("fdatasync")
+        except OSError as exc:  # as the device would report it: when the sync completes
+            failed: asyncio.Future[None] = self._loop.create_future()
+            failed.set_exception(exc)
+            return failed
+        return self._real.fdatasync(fd)
+
+    def close(self) -> None:
+        self._real.close()
+
 
 class StallingOps(FaultyOps):
-    """fdatasync waits until the test releases it, and tells the test it has begun."""
+    """fdatasync waits until the test releases it, and tells the test it has begun.
+
+    A sync handed to the kernel runs this same fdatasync on a thread of its own, so it
+    stalls the same way without blocking the event loop.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -100,6 +138,24 @@ class StallingOps(FaultyOps):
         if not self.release.wait(timeout=10):
             raise OSError(errno.ETIMEDOUT, "the test never released fdatasync")
         FileOps.fdatasync(self, fd)
+
+    def kernel_syncs(self, loop: asyncio.AbstractEventLoop) -> KernelSyncs | None:
+        return ThreadedKernelSyncs(self, loop)
+
+
+class ThreadedKernelSyncs:
+    """Kernel syncs played by ``ops.fdatasync`` on a thread: they fail and stall with it."""
+
+    def __init__(self, ops: FaultyOps, loop: asyncio.AbstractEventLoop) -> None:
+        self._ops = ops
+        self._loop = loop
+
+    def fdatasync(self, fd: int) -> asyncio.Future[None]:
+        self._ops.calls["kernel"] += 1
+        return self._loop.run_in_executor(None, self._ops.fdatasync, fd)
+
+    def close(self) -> None:
+        pass
 
 
 async def store(
@@ -217,12 +273,23 @@ def test_concurrent_commits_share_fdatasyncs(tmp_path: Path) -> None:
     ]
 
 
-def test_commit_is_not_done_while_its_fsync_is_blocked(tmp_path: Path) -> None:
-    """Group commit never answers 250 before the fsync that covers the message."""
+@pytest.mark.parametrize("synced_by", ["commit-thread", "kernel"])
+def test_commit_is_not_done_while_its_fsync_is_blocked(tmp_path: Path, synced_by: str) -> None:
+    """Group commit never answers 250 before the fsync that covers the message.
+
+    A batch that opens a segment syncs on the commit thread; later small batches are
+    written by the event loop and synced by the kernel. Both must wait for their sync.
+    """
     ops = StallingOps()
 
     async def scenario() -> None:
         async with Spool(tmp_path, fileops=ops) as spool:
+            if synced_by == "kernel":
+                ops.release.set()
+                await store(spool, b"opens the segment")
+                ops.release.clear()
+                ops.entered.clear()
+            syncs_before = ops.calls["fdatasync"]
             writer = spool.new_message()
             writer.write(b"hello\r\n")
             first = asyncio.create_task(spool.commit(writer, ENVELOPE))
@@ -236,7 +303,9 @@ def test_commit_is_not_done_while_its_fsync_is_blocked(tmp_path: Path) -> None:
             message = await asyncio.wait_for(first, 5)
             assert read_body(spool, message) == b"hello\r\n"
             await asyncio.wait_for(asyncio.gather(*later), 5)
-            assert ops.calls["fdatasync"] == 2  # the twenty later ones shared one sync
+            # The twenty later ones shared one sync, and the kernel did both or neither.
+            assert ops.calls["fdatasync"] - syncs_before == 2
+            assert ops.calls["kernel"] == (2 if synced_by == "kernel" else 1)
 
     run(scenario())
 
@@ -253,36 +322,131 @@ def test_a_new_segment_syncs_its_directory_once(tmp_path: Path) -> None:
             await store(spool, b"two")
             assert ops.calls["fdatasync"] - before["fdatasync"] == 2
             assert ops.calls["fsync"] - before["fsync"] == 1  # same file: no new entry
+            # The first batch made the file, so the commit thread synced it; the second
+            # was written by the event loop and synced by the kernel (Linux AIO).
+            assert ops.calls["kernel"] == (1 if sys.platform.startswith("linux") else 0)
+            assert ops.on_loop["pwritev"] == ops.calls["kernel"]
 
     run(scenario())
+
+
+class RefusingKernelSyncs:
+    """Kernel syncs whose requests never start: io_submit fails with ``error``."""
+
+    def __init__(self, error: int) -> None:
+        self.error = error
+        self.asked = 0
+        self.closed = False
+
+    def fdatasync(self, fd: int) -> asyncio.Future[None]:
+        self.asked += 1
+        raise OSError(self.error, os.strerror(self.error))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize(
+    ("error", "asked_again"),
+    [(errno.EINVAL, False), (errno.EAGAIN, True)],
+    ids=["cannot-sync-here", "busy"],
+)
+def test_a_kernel_sync_that_cannot_start_syncs_on_the_commit_thread(
+    tmp_path: Path, error: int, asked_again: bool
+) -> None:
+    syncs = RefusingKernelSyncs(error)
+
+    class Ops(FaultyOps):
+        def kernel_syncs(self, loop: asyncio.AbstractEventLoop) -> KernelSyncs | None:
+            return syncs
+
+    ops = Ops()
+
+    async def scenario() -> list[SpooledMessage]:
+        async with Spool(tmp_path, fileops=ops) as spool:
+            return [await store(spool, b"body %d" % i) for i in range(3)]
+
+    messages = run(scenario())
+    assert ops.calls["fdatasync"] == 3  # every message synced by the thread all the same
+    # EINVAL: this kernel cannot, so it is not asked again; EAGAIN: only this time.
+    assert syncs.asked == (2 if asked_again else 1)
+    assert syncs.closed
+    got = run(recovered(tmp_path))
+    assert [(q, b) for q, _, b in got] == [
+        (m.queue_id, b"body %d" % i) for i, m in enumerate(messages)
+    ]
+
+
+def test_a_commit_cancelled_during_its_kernel_sync_leaves_the_segment_to_nobody(
+    tmp_path: Path,
+) -> None:
+    """If the committer stops while the kernel syncs a batch (the loop is shutting down),
+    the waiting sessions get no 250, and no later batch is written after a batch whose
+    outcome nobody knows: it starts a new segment."""
+    ops = StallingOps()
+
+    async def scenario() -> tuple[SpooledMessage, SpooledMessage]:
+        async with Spool(tmp_path, fileops=ops) as spool:
+            ops.release.set()
+            first = await store(spool, b"first")
+            ops.release.clear()
+            ops.entered.clear()
+            stalled = asyncio.create_task(store(spool, b"stalled"))
+            assert await asyncio.to_thread(ops.entered.wait, 5)
+            assert ops.calls["kernel"] == 1
+            committer = spool._committer
+            assert committer is not None
+            committer.cancel()
+            with pytest.raises(SpoolError, match="stopped during a commit"):
+                await stalled
+            ops.release.set()
+            after = await store(spool, b"after")
+            assert after.segment != first.segment
+            return first, after
+
+    first, after = run(scenario())
+    got = [(q, b) for q, _, b in run(recovered(tmp_path))]
+    # The stalled record did reach the disk: a possible duplicate, never a loss.
+    assert got[0] == (first.queue_id, b"first")
+    assert got[-1] == (after.queue_id, b"after")
+    assert [b for _, b in got] == [b"first", b"stalled", b"after"]
 
 
 # -- refused batches ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("operation", "error"),
+    ("operation", "error", "spilled"),
     [
-        ("fdatasync", errno.EIO),
-        ("pwritev", errno.ENOSPC),
-        ("copy_file_range", errno.EIO),
+        ("fdatasync", errno.EIO, True),
+        ("pwritev", errno.ENOSPC, True),
+        ("copy_file_range", errno.EIO, True),
+        # Bodies in memory: appended, the event loop writes them and the kernel syncs them.
+        ("fdatasync", errno.EIO, False),
+        ("pwritev", errno.ENOSPC, False),
     ],
+    ids=["sync-spilled", "write-spilled", "copy-spilled", "sync-in-memory", "write-in-memory"],
 )
 @pytest.mark.parametrize("first_in_segment", [False, True], ids=["appended", "new-segment"])
 def test_failed_write_or_sync_refuses_the_whole_batch_for_good(
-    tmp_path: Path, operation: str, error: int, first_in_segment: bool
+    tmp_path: Path, operation: str, error: int, spilled: bool, first_in_segment: bool
 ) -> None:
     ops = FaultyOps()
     refused = [b"REFUSED-%d-" % i + b"x" * 3000 for i in range(3)]
+    spill_threshold = 1000 if spilled else 1 << 20
 
     async def scenario() -> tuple[list[SpooledMessage], SpooledMessage]:
-        async with Spool(tmp_path, fileops=ops, spill_threshold=1000) as spool:
+        async with Spool(tmp_path, fileops=ops, spill_threshold=spill_threshold) as spool:
             kept = [] if first_in_segment else [await store(spool, b"before")]
+            kernel_before = ops.calls["kernel"]
             ops.fail[operation] = OSError(error, os.strerror(error))
             results = await asyncio.gather(
                 *(store(spool, body) for body in refused), return_exceptions=True
             )
             assert all(isinstance(r, SpoolError) for r in results), results
+            on_loop = not spilled and not first_in_segment
+            assert ops.on_loop["pwritev"] == int(on_loop)  # the loop wrote the batch itself
+            assert ops.calls["kernel"] - kernel_before == int(on_loop and operation == "fdatasync")
             after = await store(spool, b"after")
             if kept:
                 assert after.segment != kept[0].segment  # a fresh segment after a failure

@@ -6,9 +6,11 @@ call that writes, syncs, truncates or removes spool data goes through a :class:`
 a test can subclass it, override ``fdatasync`` to raise ``OSError`` or block on an event, and
 count calls. Production code uses the default instance, which is a thin layer over :mod:`os`.
 
-The methods run on the spool's I/O threads, never on the event loop (except the small
-appends of :meth:`pigeon.queue.spool.MessageWriter.write` to a spill file), so an override
-may block.
+Most methods run on the spool's I/O threads, so an override may block there. Three calls
+run on the event loop: the small appends of :meth:`pigeon.queue.spool.MessageWriter.write`
+to a spill file; ``pwritev`` of a small batch whose segment syncs through
+:meth:`FileOps.kernel_syncs`; and that object's ``fdatasync``, which must only start the
+sync and return a future.
 """
 
 from __future__ import annotations
@@ -16,12 +18,28 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
+
+from pigeon.queue.linuxaio import LinuxAio
 
 if TYPE_CHECKING:
+    import asyncio
+
     from _typeshed import ReadableBuffer, StrOrBytesPath
 
-__all__ = ["FileOps"]
+__all__ = ["FileOps", "KernelSyncs"]
+
+
+class KernelSyncs(Protocol):
+    """fdatasync requests that complete without a thread of ours, on one event loop."""
+
+    def fdatasync(self, fd: int) -> asyncio.Future[None]:
+        """Start syncing ``fd``; raise ``OSError`` if the request cannot even start."""
+        ...
+
+    def close(self) -> None:
+        """Release the mechanism; requests still in flight are waited for."""
+        ...
 
 
 class FileOps:
@@ -63,6 +81,14 @@ class FileOps:
 
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
+
+    def kernel_syncs(self, loop: asyncio.AbstractEventLoop) -> KernelSyncs | None:
+        """The asynchronous fdatasync the commit path uses when it can (Linux AIO).
+
+        None means there is none here, and every batch syncs on the commit thread through
+        :meth:`fdatasync`.
+        """
+        return LinuxAio.open(loop)
 
     def ftruncate(self, fd: int, length: int) -> None:
         os.ftruncate(fd, length)

@@ -89,9 +89,22 @@ Threads
 
 Blocking file work runs on two single-thread executors owned by the spool: one for commits
 (and open and recovery), one for done lists and deleting segments, so a ``mark_done`` never
-waits behind a sync. The one exception is :meth:`MessageWriter.write`, which appends a
-spilled body to its temp file directly in chunks of 256 KiB: the call is synchronous by
-contract, and an unsynced append to the page cache does not wait for the disk.
+waits behind a sync.
+
+Two kinds of writes are made by the event loop itself, because an unsynced write to the
+page cache does not wait for the disk:
+
+* :meth:`MessageWriter.write` appends a spilled body to its temp file in chunks of 256 KiB
+  (the call is synchronous by contract);
+* a batch of bodies held in memory, 1 MiB at most, going into a segment that is already
+  durable, is written by the loop with one ``pwritev``. Its ``fdatasync`` is then handed
+  to the kernel (Linux AIO, :mod:`pigeon.queue.linuxaio`), whose completion comes back
+  through an eventfd. That saves the hand-offs of the GIL between the loop and the
+  commit thread that each batch cost otherwise (about 15 % of the server's CPU per message
+  at full load). The rule is unchanged: no future is resolved before that sync succeeds.
+
+A batch that creates a segment (whose directory must be synced too), copies spilled bodies,
+or is bigger, and every batch where Linux AIO is not available, goes to the commit thread.
 
 Exceptions
 ==========
@@ -121,7 +134,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from pigeon.queue.envelope import Envelope
-from pigeon.queue.fileops import FileOps
+from pigeon.queue.fileops import FileOps, KernelSyncs
 from pigeon.queue.ids import new_queue_id
 
 if TYPE_CHECKING:
@@ -165,6 +178,12 @@ _RECORD_TRAILER: Final = struct.Struct(">I4s")
 _SPILL_CHUNK: Final = 256 << 10  # spilled bodies reach their temp file in writes this big
 _IO_CHUNK: Final = 1 << 20  # reads and copies during recovery and fallback copies
 _IOV_BATCH: Final = 512  # below every platform's IOV_MAX
+# A batch of bodies in memory up to this size is written by the event loop itself, and only
+# its sync left to the kernel (see "Threads"). A bigger one is copied on the commit thread,
+# where the copy does not hold up every session of the worker.
+_LOOP_WRITE_LIMIT: Final = 1 << 20
+# io_submit errors that mean "AIO cannot sync this file here", not "the sync failed".
+_NO_KERNEL_SYNC: Final = frozenset({errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP})
 # copy_file_range errors that mean "not here" rather than "the disk failed".
 _NO_KERNEL_COPY: Final = frozenset({errno.ENOSYS, errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP})
 
@@ -417,9 +436,10 @@ class _Pending:
 class _Segment:
     """One segment file and what the spool knows about it.
 
-    Thread ownership: ``fd``, ``size`` and ``entry_synced`` belong to the commit thread while
-    the segment is active; ``done_fd`` to the housekeeping thread; ``live`` and ``retiring``
-    to the event loop.
+    Thread ownership: ``fd``, ``size`` and ``entry_synced`` belong to whoever writes the
+    current batch while the segment is active (the commit thread, or the event loop for a
+    small batch: one batch at a time, so never both); ``done_fd`` to the housekeeping
+    thread; ``live`` and ``retiring`` to the event loop.
     """
 
     seq: int
@@ -591,6 +611,7 @@ class Spool:
         self._housekeeping: set[asyncio.Future[None]] = set()
         self._commit_pool: ThreadPoolExecutor | None = None
         self._house_pool: ThreadPoolExecutor | None = None
+        self._kernel_syncs: KernelSyncs | None = None
         self._dir_fd: int | None = None
         self._lock_fd: int | None = None
 
@@ -612,8 +633,11 @@ class Spool:
             raise SpoolError(f"the spool cannot be opened again: it is {self._state}")
         self._commit_pool = ThreadPoolExecutor(1, f"pigeon-spool-{self._worker}-commit")
         self._house_pool = ThreadPoolExecutor(1, f"pigeon-spool-{self._worker}-done")
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.get_running_loop().run_in_executor(self._commit_pool, self._open_sync)
+            await loop.run_in_executor(self._commit_pool, self._open_sync)
+            if self._sync:
+                self._kernel_syncs = self._ops.kernel_syncs(loop)
         except BaseException:
             self._state = "closed"
             self._shutdown_pools()
@@ -790,12 +814,17 @@ class Spool:
 
     async def _commit_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
         try:
-            outcome = await loop.run_in_executor(
-                self._commit_pool, self._write_batch, self._active, batch
-            )
+            if self._writes_here(batch):
+                outcome = await self._write_batch_here(loop, batch)
+            else:
+                outcome = await loop.run_in_executor(
+                    self._commit_pool, self._write_batch, self._active, batch
+                )
         except BaseException:
-            # This task was cancelled (loop shutdown) while the thread still writes; its
-            # outcome is unknown, so nobody may be told 250.
+            # This task was cancelled (loop shutdown) while the batch was being written or
+            # synced; its outcome is unknown, so nobody may be told 250, and no later batch
+            # may append to a segment whose end is in doubt.
+            self._active = None
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(SpoolError("the spool stopped during a commit"))
@@ -838,6 +867,62 @@ class Spool:
         if seg is not None and seg is not self._active and self._claim_for_retirement(seg):
             self._housekeep(self._retire, seg)
 
+    def _writes_here(self, batch: list[_Pending]) -> bool:
+        """Whether the event loop writes ``batch`` itself and lets the kernel sync it: only
+        into a segment whose directory entry is durable, and only bodies in memory and few."""
+        seg = self._active
+        if self._kernel_syncs is None or seg is None or not seg.entry_synced:
+            return False
+        total = 0
+        for pending in batch:
+            if pending.writer._fd is not None:
+                return False
+            total += pending.writer.size
+        return total <= _LOOP_WRITE_LIMIT
+
+    async def _write_batch_here(
+        self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]
+    ) -> _BatchOutcome:
+        """The commit thread's :meth:`_write_batch`, done by the event loop: one ``pwritev``
+        into the page cache here, and a sync that the kernel performs and reports back."""
+        seg = self._active
+        assert seg is not None
+        assert seg.fd is not None
+        start = seg.size
+        try:
+            out = _Appender(self._ops, seg.fd, start)
+            placements = self._add_records(out, seg, batch)
+            out.flush()
+            # From here the file holds the batch: should this task be cancelled while the
+            # sync runs, the next batch must not be written over it.
+            seg.size = out.pos
+            await self._sync_in_kernel(loop, seg.fd)
+        except OSError as exc:
+            kept = await loop.run_in_executor(
+                self._commit_pool, self._abandon_batch, seg, start, False, batch
+            )
+            return _BatchOutcome(kept, [], False, exc)
+        rotated = seg.size >= self._segment_limit
+        if rotated:
+            self._close_segment(seg)
+        return _BatchOutcome(seg, placements, rotated, None)
+
+    async def _sync_in_kernel(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        syncs = self._kernel_syncs
+        assert syncs is not None
+        try:
+            done = syncs.fdatasync(fd)
+        except OSError as exc:
+            # The request did not start, so nothing failed yet: sync on the commit thread,
+            # and stop asking a kernel that cannot do it.
+            if exc.errno in _NO_KERNEL_SYNC:
+                log.info("spool: the kernel cannot sync %s through AIO (%s)", self._root, exc)
+                self._kernel_syncs = None
+                syncs.close()
+            await loop.run_in_executor(self._commit_pool, self._ops.fdatasync, fd)
+            return
+        await done
+
     def _claim_for_retirement(self, seg: _Segment) -> bool:
         """Whether ``seg`` is finished with; if so, forget it so that it is deleted once."""
         if seg.live or seg.retiring or seg is self._active:
@@ -857,6 +942,9 @@ class Spool:
             raise SpoolError(f"the spool is {self._state}, not open")
 
     def _shutdown_pools(self) -> None:
+        if self._kernel_syncs is not None:
+            syncs, self._kernel_syncs = self._kernel_syncs, None
+            syncs.close()
         for pool in (self._commit_pool, self._house_pool):
             if pool is not None:
                 pool.shutdown(wait=False)
@@ -868,7 +956,6 @@ class Spool:
         ops = self._ops
         created = False
         start = 0
-        placements: list[tuple[int, int]] = []
         try:
             if seg is None:
                 seg = self._create_segment()
@@ -878,21 +965,7 @@ class Spool:
             out = _Appender(ops, seg.fd, start)
             if created:
                 out.add(_segment_header(seg.nonce))
-            for pending in batch:
-                writer = pending.writer
-                queue_id = writer.queue_id.encode("ascii")
-                env = pending.envelope_json
-                prefix = _RECORD_PREFIX.pack(RECORD_MAGIC, len(queue_id), len(env), writer.size)
-                head_crc = zlib.crc32(env, zlib.crc32(queue_id, zlib.crc32(prefix, seg.key)))
-                offset = out.pos
-                out.add(prefix + _CRC.pack(head_crc) + queue_id)
-                out.add(env)
-                body_offset = out.pos
-                if writer._fd is not None:
-                    out.copy_from(writer._fd, writer._in_file)
-                out.add(writer._buf)
-                out.add(_RECORD_TRAILER.pack(writer._crc, RECORD_END))
-                placements.append((offset, body_offset))
+            placements = self._add_records(out, seg, batch)
             out.flush()
             if self._sync:
                 ops.fdatasync(seg.fd)
@@ -912,6 +985,27 @@ class Spool:
         if rotated:
             self._close_segment(seg)
         return _BatchOutcome(seg, placements, rotated, None)
+
+    @staticmethod
+    def _add_records(out: _Appender, seg: _Segment, batch: list[_Pending]) -> list[tuple[int, int]]:
+        """Add each record of ``batch`` to ``out``; return their (offset, body offset)."""
+        placements = []
+        for pending in batch:
+            writer = pending.writer
+            queue_id = writer.queue_id.encode("ascii")
+            env = pending.envelope_json
+            prefix = _RECORD_PREFIX.pack(RECORD_MAGIC, len(queue_id), len(env), writer.size)
+            head_crc = zlib.crc32(env, zlib.crc32(queue_id, zlib.crc32(prefix, seg.key)))
+            offset = out.pos
+            out.add(prefix + _CRC.pack(head_crc) + queue_id)
+            out.add(env)
+            body_offset = out.pos
+            if writer._fd is not None:
+                out.copy_from(writer._fd, writer._in_file)
+            out.add(writer._buf)
+            out.add(_RECORD_TRAILER.pack(writer._crc, RECORD_END))
+            placements.append((offset, body_offset))
+        return placements
 
     def _create_segment(self) -> _Segment:
         seq = self._next_seq
