@@ -107,14 +107,16 @@ class CountedKernelSyncs:
         self._loop = loop
 
     def fdatasync(self, fd: int) -> asyncio.Future[None]:
-        self._ops.calls["kernel"] += 1
         try:
             self._ops._enter("fdatasync")
         except OSError as exc:  # as the device would report it: when the sync completes
             failed: asyncio.Future[None] = self._loop.create_future()
             failed.set_exception(exc)
+            self._ops.calls["kernel"] += 1
             return failed
-        return self._real.fdatasync(fd)
+        started = self._real.fdatasync(fd)
+        self._ops.calls["kernel"] += 1  # counted once the kernel took the request
+        return started
 
     def close(self) -> None:
         self._real.close()
