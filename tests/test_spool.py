@@ -7,6 +7,7 @@ Everything runs on real files under ``tmp_path``. Faults and stalls are injected
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import io
 import logging
@@ -412,6 +413,44 @@ def test_a_commit_cancelled_during_its_kernel_sync_leaves_the_segment_to_nobody(
     assert got[0] == (first.queue_id, b"first")
     assert got[-1] == (after.queue_id, b"after")
     assert [b for _, b in got] == [b"first", b"stalled", b"after"]
+
+
+def open_segment_files(root: Path) -> list[str]:
+    """Segment files (deleted ones too) this process still holds a descriptor of."""
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(str(root / "segments")):
+                names.append(target)
+    return names
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+def test_a_segment_left_by_a_cancelled_commit_is_closed_even_once_deleted(
+    tmp_path: Path,
+) -> None:
+    ops = StallingOps()
+
+    async def scenario() -> None:
+        async with Spool(tmp_path, fileops=ops) as spool:
+            ops.release.set()
+            first = await store(spool, b"first")
+            ops.release.clear()
+            stalled = asyncio.create_task(store(spool, b"stalled"))
+            assert await asyncio.to_thread(ops.entered.wait, 5)
+            committer = spool._committer
+            assert committer is not None
+            committer.cancel()
+            with pytest.raises(SpoolError, match="stopped during a commit"):
+                await stalled
+            ops.release.set()
+            # Its last live message done, the segment is deleted: its file must be closed.
+            await spool.mark_done(first)
+        assert open_segment_files(tmp_path) == []
+
+    run(scenario())
+    assert run(recovered(tmp_path)) == []
 
 
 # -- refused batches ---------------------------------------------------------------------

@@ -3,14 +3,19 @@
 The spool's promise (250 only after fsync) is about what happens when those calls fail or
 stall, and the only honest way to test that is to make them fail or stall on purpose. Every
 call that writes, syncs, truncates or removes spool data goes through a :class:`FileOps`, so
-a test can subclass it, override ``fdatasync`` to raise ``OSError`` or block on an event, and
-count calls. Production code uses the default instance, which is a thin layer over :mod:`os`.
+a test can subclass it, make a call raise ``OSError`` or block on an event, and count calls.
+Production code uses the default instance, which is a thin layer over :mod:`os`.
 
-Most methods run on the spool's I/O threads, so an override may block there. Three calls
-run on the event loop: the small appends of :meth:`pigeon.queue.spool.MessageWriter.write`
-to a spill file; ``pwritev`` of a small batch whose segment syncs through
-:meth:`FileOps.kernel_syncs`; and that object's ``fdatasync``, which must only start the
-sync and return a future.
+Syncs take two roads. A batch written on the commit thread calls :meth:`FileOps.fdatasync`
+there; a small batch written by the event loop asks the object that
+:meth:`FileOps.kernel_syncs` returned, whose ``fdatasync`` only starts the sync and returns
+a future. A test that fails or stalls syncs must cover both: override ``kernel_syncs`` too
+(or make it return None, which sends every batch to the commit thread).
+
+Most methods run on the spool's threads, where an override may block. Some run on the event
+loop, where it must not: opening, appending to, closing and removing spill files
+(:meth:`pigeon.queue.spool.MessageWriter.write`), and ``pwritev`` and ``close`` of a segment
+written by the loop.
 """
 
 from __future__ import annotations

@@ -117,24 +117,35 @@ class LinuxAio:
     def open(cls, loop: asyncio.AbstractEventLoop) -> LinuxAio | None:
         """A context for ``loop``, or None where Linux AIO cannot be used (logged why)."""
         numbers = _SYSCALLS.get(platform.machine())
-        if not sys.platform.startswith("linux") or numbers is None or sys.byteorder != "little":
+        # platform.machine() names the kernel's architecture: a 32-bit Python on a 64-bit
+        # kernel has other system call numbers, and other structure layouts.
+        if (
+            not sys.platform.startswith("linux")
+            or numbers is None
+            or sys.byteorder != "little"
+            or ctypes.sizeof(ctypes.c_void_p) != 8
+        ):
             return None
         try:
             libc = ctypes.CDLL(None, use_errno=True)
             libc.syscall.restype = ctypes.c_long
             context = ctypes.c_ulong(0)
-            if libc.syscall(ctypes.c_long(numbers[0]), _MAX_IN_FLIGHT, ctypes.byref(context)):
+            request = ctypes.c_long(numbers[0])
+            if libc.syscall(request, ctypes.c_long(_MAX_IN_FLIGHT), ctypes.byref(context)):
                 raise _os_error(ctypes.get_errno(), "io_setup")
         except (OSError, AttributeError) as exc:
             log.info("spool: no Linux AIO here (%s); syncs run on the commit thread", exc)
             return None
+        eventfd = -1
         try:
             eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        except OSError as exc:
+            return cls(loop, libc, numbers, context.value, eventfd)
+        except (OSError, NotImplementedError) as exc:  # no eventfd, or a loop without readers
             libc.syscall(ctypes.c_long(numbers[1]), context)
-            log.info("spool: no eventfd for Linux AIO (%s); syncs run on the commit thread", exc)
+            if eventfd >= 0:
+                os.close(eventfd)
+            log.info("spool: Linux AIO cannot report here (%r); syncs run on a thread", exc)
             return None
-        return cls(loop, libc, numbers, context.value, eventfd)
 
     def fdatasync(self, fd: int) -> asyncio.Future[None]:
         if self._closed:
@@ -143,7 +154,9 @@ class LinuxAio:
         self._next_id += 1
         self._iocb.aio_data = request
         self._iocb.aio_fildes = fd
-        submitted = self._syscall(ctypes.c_long(self._io_submit), self._context, 1, self._iocbs)
+        submitted = self._syscall(
+            ctypes.c_long(self._io_submit), self._context, ctypes.c_long(1), self._iocbs
+        )
         if submitted != 1:
             raise _os_error(ctypes.get_errno() if submitted < 0 else errno.EAGAIN, "io_submit")
         future = self._loop.create_future()

@@ -91,17 +91,18 @@ Blocking file work runs on two single-thread executors owned by the spool: one f
 (and open and recovery), one for done lists and deleting segments, so a ``mark_done`` never
 waits behind a sync.
 
-Two kinds of writes are made by the event loop itself, because an unsynced write to the
-page cache does not wait for the disk:
+Two kinds of writes are made by the event loop itself. An unsynced write into the page cache
+does not wait for the disk, unless the kernel is throttling a process that has dirtied too
+much memory; both kinds are bounded in size, so that such a stall stays short:
 
 * :meth:`MessageWriter.write` appends a spilled body to its temp file in chunks of 256 KiB
   (the call is synchronous by contract);
-* a batch of bodies held in memory, 1 MiB at most, going into a segment that is already
-  durable, is written by the loop with one ``pwritev``. Its ``fdatasync`` is then handed
-  to the kernel (Linux AIO, :mod:`pigeon.queue.linuxaio`), whose completion comes back
-  through an eventfd. That saves the hand-offs of the GIL between the loop and the
-  commit thread that each batch cost otherwise (in the benchmark, a seventh of the CPU per
-  message, and a third in the compiled build). The rule is unchanged: no future is
+* a batch of bodies held in memory, at most 1 MiB with its envelopes, going into a segment
+  that is already durable, is written by the loop with one ``pwritev``. Its ``fdatasync``
+  is then handed to the kernel (Linux AIO, :mod:`pigeon.queue.linuxaio`), whose completion
+  comes back through an eventfd. That saves the hand-offs of the GIL between the loop and
+  the commit thread that each batch cost otherwise (in the benchmark, a seventh of the CPU
+  per message, and a third in the compiled build). The rule is unchanged: no future is
   resolved before that sync succeeds.
 
 A batch that creates a segment (whose directory must be synced too), copies spilled bodies,
@@ -637,12 +638,15 @@ class Spool:
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._commit_pool, self._open_sync)
-            if self._sync:
-                self._kernel_syncs = self._ops.kernel_syncs(loop)
         except BaseException:
             self._state = "closed"
             self._shutdown_pools()
             raise
+        if self._sync:
+            try:
+                self._kernel_syncs = self._ops.kernel_syncs(loop)
+            except Exception:  # only a way to be faster: the commit thread syncs without it
+                log.warning("spool: no kernel syncs; syncing on the commit thread", exc_info=True)
         self._state = "open"
 
     async def close(self) -> None:
@@ -694,7 +698,9 @@ class Spool:
         will not be delivered, now or after a restart. Either way the writer is finished.
         If the caller is cancelled before its record is taken into a batch, nothing is
         stored; if later, the record may still become durable and ``recover`` finds it
-        after the next restart (a possible duplicate, never a loss).
+        after the next restart (a possible duplicate, never a loss). The same holds for the
+        one ``SpoolError`` whose outcome is unknown: "the spool stopped during a commit",
+        raised when the event loop is torn down while a batch is being written or synced.
         """
         self._check_open()
         writer._begin_commit(self)
@@ -824,8 +830,11 @@ class Spool:
         except BaseException:
             # This task was cancelled (loop shutdown) while the batch was being written or
             # synced; its outcome is unknown, so nobody may be told 250, and no later batch
-            # may append to a segment whose end is in doubt.
-            self._active = None
+            # may append to a segment whose end is in doubt. Its file is closed on the commit
+            # thread, after a write of this batch that may still be running there.
+            seg, self._active = self._active, None
+            if seg is not None and self._commit_pool is not None:
+                self._commit_pool.submit(self._close_segment, seg)
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(SpoolError("the spool stopped during a commit"))
@@ -878,7 +887,7 @@ class Spool:
         for pending in batch:
             if pending.writer._fd is not None:
                 return False
-            total += pending.writer.size
+            total += pending.writer.size + len(pending.envelope_json)
         return total <= _LOOP_WRITE_LIMIT
 
     async def _write_batch_here(
