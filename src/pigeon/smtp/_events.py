@@ -1,6 +1,6 @@
 """Events: what the protocol core tells the program driving it.
 
-Each is a small frozen value. Those with ``needs_reply = True`` wait for the program's
+Each is a small frozen value. Those whose ``needs_reply`` is true wait for the program's
 decision (``ServerConnection.accept()`` or ``respond()``) before the core reads the next
 command; the rest are information, already answered by the core where an answer was due.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Final, Literal
 
 from ._abnf import DOT_STRING_UTF8
 from ._replies import Reply
@@ -67,14 +67,16 @@ class Address:
 
 
 class Event:
-    needs_reply: ClassVar[bool] = False
+    @property
+    def needs_reply(self) -> bool:
+        """Whether the core waits for the program's decision before it reads on."""
+        return type(self) in _AWAITING_A_DECISION
 
 
 @dataclass(frozen=True, slots=True)
 class Hello(Event):
     """HELO or EHLO. ``name`` is the client's claim; empty only for a bare HELO in classic mode."""
 
-    needs_reply: ClassVar[bool] = True
     name: str
     extended: bool
 
@@ -84,7 +86,6 @@ class MailFrom(Event):
     """MAIL, or one of the classic SEND, SOML, SAML (RFC 821 section 3.5) that start a
     transaction the same way. ``sender`` is ``None`` for the null reverse-path ``<>``."""
 
-    needs_reply: ClassVar[bool] = True
     sender: Address | None
     parameters: dict[str, str | None] = field(default_factory=dict)
     verb: Literal["MAIL", "SEND", "SOML", "SAML"] = "MAIL"
@@ -93,7 +94,6 @@ class MailFrom(Event):
 
 @dataclass(frozen=True, slots=True)
 class RcptTo(Event):
-    needs_reply: ClassVar[bool] = True
     recipient: Address
     parameters: dict[str, str | None] = field(default_factory=dict)
     raw: str = ""
@@ -109,7 +109,6 @@ class DataCommand(Event):
     itself, until the LAST one ends the message with ``MessageEnd``. A refusal is the reply
     to that BDAT; its chunk is read and thrown away."""
 
-    needs_reply: ClassVar[bool] = True
     chunked: bool = False
 
 
@@ -125,7 +124,6 @@ class MessageData(Event):
 class MessageEnd(Event):
     """The message is complete; answer 250 only once it is stored, or refuse it."""
 
-    needs_reply: ClassVar[bool] = True
     size: int
 
 
@@ -144,13 +142,11 @@ class Reset(Event):
 
 @dataclass(frozen=True, slots=True)
 class Verify(Event):
-    needs_reply: ClassVar[bool] = True
     argument: str
 
 
 @dataclass(frozen=True, slots=True)
 class Expand(Event):
-    needs_reply: ClassVar[bool] = True
     argument: str
 
 
@@ -159,8 +155,6 @@ class StartTLS(Event):
     """STARTTLS (RFC 3207), offered and in sequence: ``accept()`` says 220 and the core reads
     nothing more until ``tls_started()``; or refuse it with 454 4.7.0 and the session goes on
     in the clear."""
-
-    needs_reply: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +165,6 @@ class Auth(Event):
     the client sent none. Answer with ``challenge()`` (334; the client's next line comes back
     as ``AuthResponse``), ``respond()`` with 235 (authenticated), or refuse (535, 454...)."""
 
-    needs_reply: ClassVar[bool] = True
     mechanism: str  # upper case
     initial: bytes | None = None
 
@@ -180,7 +173,6 @@ class Auth(Event):
 class AuthResponse(Event):
     """The client's answer to a 334 challenge, base64-decoded. Answered like ``Auth``."""
 
-    needs_reply: ClassVar[bool] = True
     data: bytes
 
 
@@ -197,15 +189,12 @@ class HelpStatus(Event):
     """``HELP STATUS``: the program answers 211 (system status) to whom it trusts, and 502
     to the rest."""
 
-    needs_reply: ClassVar[bool] = True
-
 
 @dataclass(frozen=True, slots=True)
 class Turn(Event):
     """TURN (RFC 821), or ATRN (RFC 2645) with the domains it names (none: all the client's).
     A positive reply reverses the roles: the core then reads nothing more."""
 
-    needs_reply: ClassVar[bool] = True
     verb: Literal["TURN", "ATRN"] = "TURN"
     domains: tuple[str, ...] = ()
 
@@ -215,7 +204,6 @@ class Etrn(Event):
     """``ETRN [@|#]node`` (RFC 1985): start delivering what is queued for ``node``. ``option``
     is "" (that domain), "@" (it and its subdomains) or "#" (a queue named ``node``)."""
 
-    needs_reply: ClassVar[bool] = True
     node: str
     option: Literal["", "@", "#"] = ""
 
@@ -223,3 +211,24 @@ class Etrn(Event):
 @dataclass(frozen=True, slots=True)
 class ConnectionClosed(Event):
     """The core has said its last word (221 or 421); flush the output and close."""
+
+
+# The events ``needs_reply`` is true for. A set rather than a class attribute each, because
+# the compiled build (mypyc) turns a class attribute of a dataclass into a field.
+_AWAITING_A_DECISION: Final = frozenset(
+    {
+        Hello,
+        MailFrom,
+        RcptTo,
+        DataCommand,
+        MessageEnd,
+        Verify,
+        Expand,
+        StartTLS,
+        Auth,
+        AuthResponse,
+        HelpStatus,
+        Turn,
+        Etrn,
+    }
+)
