@@ -380,6 +380,25 @@ def test_a_kernel_sync_that_cannot_start_syncs_on_the_commit_thread(
     ]
 
 
+async def cancel_a_commit_in_its_kernel_sync(spool: Spool, ops: StallingOps) -> SpooledMessage:
+    """Store "first"; then cancel the committer while the kernel syncs "stalled" (whose
+    session must get no 250); release the sync and return the first message."""
+    ops.release.set()
+    first = await store(spool, b"first")
+    ops.release.clear()
+    ops.entered.clear()
+    stalled = asyncio.create_task(store(spool, b"stalled"))
+    assert await asyncio.to_thread(ops.entered.wait, 5)
+    assert ops.calls["kernel"] == 1
+    committer = spool._committer
+    assert committer is not None
+    committer.cancel()
+    with pytest.raises(SpoolError, match="stopped during a commit"):
+        await stalled
+    ops.release.set()
+    return first
+
+
 def test_a_commit_cancelled_during_its_kernel_sync_leaves_the_segment_to_nobody(
     tmp_path: Path,
 ) -> None:
@@ -390,19 +409,7 @@ def test_a_commit_cancelled_during_its_kernel_sync_leaves_the_segment_to_nobody(
 
     async def scenario() -> tuple[SpooledMessage, SpooledMessage]:
         async with Spool(tmp_path, fileops=ops) as spool:
-            ops.release.set()
-            first = await store(spool, b"first")
-            ops.release.clear()
-            ops.entered.clear()
-            stalled = asyncio.create_task(store(spool, b"stalled"))
-            assert await asyncio.to_thread(ops.entered.wait, 5)
-            assert ops.calls["kernel"] == 1
-            committer = spool._committer
-            assert committer is not None
-            committer.cancel()
-            with pytest.raises(SpoolError, match="stopped during a commit"):
-                await stalled
-            ops.release.set()
+            first = await cancel_a_commit_in_its_kernel_sync(spool, ops)
             after = await store(spool, b"after")
             assert after.segment != first.segment
             return first, after
@@ -434,17 +441,7 @@ def test_a_segment_left_by_a_cancelled_commit_is_closed_even_once_deleted(
 
     async def scenario() -> None:
         async with Spool(tmp_path, fileops=ops) as spool:
-            ops.release.set()
-            first = await store(spool, b"first")
-            ops.release.clear()
-            stalled = asyncio.create_task(store(spool, b"stalled"))
-            assert await asyncio.to_thread(ops.entered.wait, 5)
-            committer = spool._committer
-            assert committer is not None
-            committer.cancel()
-            with pytest.raises(SpoolError, match="stopped during a commit"):
-                await stalled
-            ops.release.set()
+            first = await cancel_a_commit_in_its_kernel_sync(spool, ops)
             # Its last live message done, the segment is deleted: its file must be closed.
             await spool.mark_done(first)
         assert open_segment_files(tmp_path) == []
