@@ -7,6 +7,8 @@ build behaves as the pure-Python one; it spends less CPU per message (bench/resu
 """
 
 import os
+import shutil
+from pathlib import Path
 from typing import Any
 
 from setuptools import setup
@@ -38,6 +40,12 @@ COMPILED = [
 
 if os.environ.get("PIGEON_COMPILE") == "1":
     from mypyc.build import mypycify
+
+    # setuptools packs whatever build/lib* holds: a module compiled by an earlier build in
+    # this tree and since taken off the list would be installed too, and imported instead of
+    # its source. mypyc's C files in build/ stay, so that unchanged modules are not redone.
+    for stale in Path("build").glob("lib.*"):
+        shutil.rmtree(stale)
 
     # Extensions of setuptools' kind, which its stubs and mypyc's name differently.
     extensions: list[Any] = mypycify(COMPILED, opt_level="3")

@@ -86,6 +86,20 @@ def test_the_listed_modules_run_compiled_in_the_compiled_build_only() -> None:
         assert compiled == expected, f"{name} is loaded from {origin}"
 
 
+def test_no_other_module_is_installed_compiled() -> None:
+    # A module taken off the list must not stay compiled: an extension module left by an
+    # earlier build would be imported instead of the source beside it.
+    package = Path(importlib.import_module("pigeon").__file__ or "").parent
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    installed = {
+        ".".join(("pigeon", *path.relative_to(package).parent.parts, path.name.split(".")[0]))
+        for path in package.rglob("*")
+        if path.name.endswith(suffixes)
+    }
+    expected = os.environ.get("PIGEON_EXPECT_COMPILED") == "1"
+    assert installed == (set(_compiled_modules()) if expected else set())
+
+
 def test_the_source_distribution_carries_the_build_backend(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
