@@ -23,6 +23,8 @@ from types import ModuleType
 
 import pytest
 
+from pigeon import build
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -84,6 +86,12 @@ def test_the_listed_modules_run_compiled_in_the_compiled_build_only() -> None:
         origin = importlib.import_module(name).__file__ or ""
         compiled = origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
         assert compiled == expected, f"{name} is loaded from {origin}"
+
+
+def test_the_running_build_says_which_it_is() -> None:
+    expected = os.environ.get("PIGEON_EXPECT_COMPILED") == "1"
+    assert build.compiled() is expected
+    assert build.describe() == ("compiled build" if expected else "pure-Python build")
 
 
 def test_no_other_module_is_installed_compiled() -> None:

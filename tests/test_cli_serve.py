@@ -21,7 +21,11 @@ from tests.servers import PigeonProcess, read_maildir, wait_for
 EX_CONFIG = 78
 # With no --workers, pigeon serve runs one worker per core.
 _CORES = os.cpu_count() or 1
-WORKERS = "1 process" if _CORES == 1 else f"{_CORES} worker processes"
+# ... and says which build runs: the compiled one in scripts/test's compiled run.
+_BUILD = (
+    "compiled build" if os.environ.get("PIGEON_EXPECT_COMPILED") == "1" else "pure-Python build"
+)
+WORKERS = ("1 process" if _CORES == 1 else f"{_CORES} worker processes") + f", {_BUILD}"
 
 Start = Callable[..., PigeonProcess]
 
@@ -410,7 +414,7 @@ def test_sigterm_exits_0(tmp_path: Path, start: Start) -> None:
 def test_version(tmp_path: Path) -> None:
     result = run_pigeon(["--version"], cwd=tmp_path)
     assert result.returncode == 0
-    assert result.stdout.strip() == f"pigeon {pigeon.__version__}"
+    assert result.stdout.strip() == f"pigeon {pigeon.__version__} ({_BUILD})"
 
 
 def test_no_command_prints_help_and_exits_2(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from pigeon import __version__
+from pigeon import __version__, build
 
 from . import _exit, directory, fetch, queue, send, sendmail, serve, tls, user, watch, web
 
@@ -14,7 +14,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="pigeon", description="Pigeon: a mail transfer agent and SMTP toolkit."
     )
-    parser.add_argument("--version", action="version", version=f"pigeon {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"pigeon {__version__} ({build.describe()})"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     serve.register(commands)
     send.register(commands)

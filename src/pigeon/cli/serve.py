@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pigeon import build
 from pigeon.config import (
     Config,
     ConfigError,
@@ -220,4 +221,4 @@ def _banner(
     for line in directory.describe():
         print(f"pigeon: mail for {line}", flush=True)
     processes = "1 process" if workers == 1 else f"{workers} worker processes"
-    print(f"pigeon: {processes}; spool in {config.spool_dir}", flush=True)
+    print(f"pigeon: {processes}, {build.describe()}; spool in {config.spool_dir}", flush=True)
