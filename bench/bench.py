@@ -1,4 +1,5 @@
-"""Pigeon's benchmark: Pigeon against Postfix, aiosmtpd and Haraka, under the same smtp-source
+"""Pigeon's benchmark: Pigeon against Postfix, aiosmtpd and Haraka, under the same
+smtp-source loads.
 
 Run it through ``bench/run`` (which installs what this needs)::
 
