@@ -267,7 +267,8 @@ PARAMETERS = st.lists(st.tuples(st.text(), st.none() | st.text()), max_size=3).m
         helo=st.text(),
         protocol=st.text(),
         body_type=st.text(),
-        received_at=st.floats() | st.integers(),
+        # Whole seconds too, as far as a float holds them exactly: the envelope keeps a float.
+        received_at=st.floats() | st.integers(min_value=-(2**53), max_value=2**53),
         mail_parameters=PARAMETERS,
         recipient_parameters=st.lists(PARAMETERS, max_size=3).map(tuple),
         mode=st.sampled_from(MAIL_MODES),

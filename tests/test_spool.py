@@ -40,6 +40,7 @@ ENVELOPE = Envelope(
     mail_parameters=(("BODY", "8BITMIME"), ("SMTPUTF8", None)),
 )
 SEGMENT_HEADER_SIZE = 20
+RECORD_TRAILER_SIZE = 8  # body CRC and end marker
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -558,7 +559,12 @@ def three_records(root: Path) -> tuple[Path, bytes, list[SpooledMessage]]:
     messages = run(scenario())
     assert len({m.segment for m in messages}) == 1
     path = root / "segments" / messages[0].segment
-    return path, path.read_bytes(), messages
+    # Without the zeros prepared after the records: what a crash may leave is the subject.
+    return path, path.read_bytes()[: record_end(messages[-1])], messages
+
+
+def record_end(message: SpooledMessage) -> int:
+    return message.body_offset + message.size + RECORD_TRAILER_SIZE
 
 
 def extents(data: bytes, messages: list[SpooledMessage]) -> list[tuple[int, int]]:
@@ -610,6 +616,132 @@ def test_zeros_after_the_last_record_are_cut_off(tmp_path: Path) -> None:
     path.write_bytes(data + bytes(8192))
     assert run(recover_ids(tmp_path)) == [m.queue_id for m in messages]
     assert path.read_bytes() == data
+
+
+# -- preparing the active segment ----------------------------------------------------------
+
+
+class PreparingOps(FaultyOps):
+    """Counts the zero-fills that prepare segments; can stall them or make them fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.filled: list[tuple[int, int]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+
+    def fill_zeros(self, fd: int, start: int, end: int) -> None:
+        self._enter("fill_zeros")
+        self.filled.append((start, end))
+        self.entered.set()
+        if not self.release.wait(timeout=10):
+            raise OSError(errno.ETIMEDOUT, "the test never released fill_zeros")
+        super().fill_zeros(fd, start, end)
+
+
+def test_records_are_written_over_zeros_prepared_ahead_of_them(tmp_path: Path) -> None:
+    """The active segment is zero-filled and synced ahead of its records, so that a
+    commit's sync writes data only and the file does not grow with each batch."""
+    ops = PreparingOps()
+    bodies = [b"body %d\r\n" % i + bytes(1000) for i in range(20)]
+
+    async def scenario() -> list[SpooledMessage]:
+        async with Spool(tmp_path, fileops=ops) as spool:
+            first = await store(spool, bodies[0], envelope(0))
+            path = tmp_path / "segments" / first.segment
+            messages = [first, await store(spool, bodies[1], envelope(1))]
+            prepared_size = path.stat().st_size
+            assert prepared_size > record_end(messages[-1]) + 100_000
+            messages += [await store(spool, b, envelope(i + 2)) for i, b in enumerate(bodies[2:])]
+            assert path.stat().st_size == prepared_size  # over the zeros, not appended
+            data = path.read_bytes()
+            assert data[record_end(messages[-1]) :].count(0) == prepared_size - record_end(
+                messages[-1]
+            )
+            assert [read_body(spool, m) for m in messages] == bodies
+            return messages
+
+    messages = run(scenario())
+    assert len(ops.filled) == 1  # 20 KiB of records: far from needing a second stretch
+    path = tmp_path / "segments" / messages[0].segment
+    assert [b for _, _, b in run(recovered(tmp_path))] == bodies
+    # Recovery cut the zeros no record reached, as the end of the segment active at the stop.
+    assert path.stat().st_size == record_end(messages[-1])
+
+
+def test_recovery_cuts_the_prepared_zeros_without_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, data, messages = three_records(tmp_path)
+    assert path.stat().st_size > len(data)  # the prepared zeros are still there
+    with caplog.at_level(logging.WARNING, logger="pigeon.queue.spool"):
+        assert run(recover_ids(tmp_path)) == [m.queue_id for m in messages]
+    assert caplog.records == []
+    assert path.read_bytes() == data
+    # A torn record before the zeros is another matter: it is cut off, and said so.
+    path.write_bytes(data[:-5] + bytes(4096))
+    with caplog.at_level(logging.WARNING, logger="pigeon.queue.spool"):
+        assert run(recover_ids(tmp_path)) == [m.queue_id for m in messages[:2]]
+    assert "left by an interrupted write" in caplog.text
+
+
+def test_records_wait_for_zeros_still_being_written_where_they_go(tmp_path: Path) -> None:
+    """A batch that reaches the stretch being zero-filled waits until the zeros are
+    written: otherwise zeros could land over its records after its sync."""
+    ops = PreparingOps()
+    ops.release.clear()
+
+    async def scenario() -> None:
+        async with Spool(tmp_path, fileops=ops) as spool:
+            first = await store(spool, b"first\r\n")  # not held up: it opens the segment
+            assert await asyncio.to_thread(ops.entered.wait, 5)
+            start, _ = ops.filled[0]
+            assert start == record_end(first)
+            second = asyncio.create_task(store(spool, b"second\r\n"))
+            await asyncio.sleep(0.1)
+            assert not second.done()
+            ops.release.set()
+            message = await asyncio.wait_for(second, 5)
+            assert message.offset == start  # where the zeros went first
+            assert read_body(spool, first) == b"first\r\n"
+            assert read_body(spool, message) == b"second\r\n"
+
+    run(scenario())
+    assert [b for _, _, b in run(recovered(tmp_path))] == [b"first\r\n", b"second\r\n"]
+
+
+def test_a_segment_that_cannot_be_prepared_is_appended_to(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ops = PreparingOps()
+    ops.fail["fill_zeros"] = OSError(errno.ENOSPC, "No space left on device")
+
+    async def scenario() -> list[SpooledMessage]:
+        async with Spool(tmp_path, fileops=ops) as spool:
+            messages = [await store(spool, b"body %d" % i, envelope(i)) for i in range(5)]
+            path = tmp_path / "segments" / messages[0].segment
+            assert path.stat().st_size == record_end(messages[-1])
+            return messages
+
+    with caplog.at_level(logging.WARNING, logger="pigeon.queue.spool"):
+        messages = run(scenario())
+    assert ops.calls["fill_zeros"] == 1  # not tried again for that segment
+    assert "could not prepare" in caplog.text
+    assert "No space left on device" in caplog.text
+    assert run(recover_ids(tmp_path)) == [m.queue_id for m in messages]
+
+
+def test_without_sync_nothing_is_prepared(tmp_path: Path) -> None:
+    ops = PreparingOps()
+
+    async def scenario() -> None:
+        async with Spool(tmp_path, fileops=ops, sync=False) as spool:
+            for i in range(3):
+                await store(spool, b"body %d" % i, envelope(i))
+
+    run(scenario())
+    assert ops.calls["fill_zeros"] == 0
 
 
 def test_a_damaged_byte_loses_only_its_own_record(tmp_path: Path) -> None:

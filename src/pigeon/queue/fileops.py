@@ -12,6 +12,10 @@ there; a small batch written by the event loop asks the object that
 a future. A test that fails or stalls syncs must cover both: override ``kernel_syncs`` too
 (or make it return None, which sends every batch to the commit thread).
 
+The zeros that prepare a segment ahead of its records are written and synced by one call,
+:meth:`FileOps.fill_zeros`, on the housekeeping thread; no commit waits for it unless its
+records would land on that stretch.
+
 Most methods run on the spool's threads, where an override may block. Some run on the event
 loop, where it must not: opening, appending to, closing and removing spill files
 (:meth:`pigeon.queue.spool.MessageWriter.write`), and ``pwritev`` and ``close`` of a segment
@@ -33,6 +37,18 @@ if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, StrOrBytesPath
 
 __all__ = ["FileOps", "KernelSyncs"]
+
+
+_ZERO_CHUNK = 1 << 20
+
+
+def _datasync(fd: int) -> None:
+    # fdatasync flushes the data and the metadata needed to read it back (the size), not
+    # timestamps: all a spool record needs. macOS has no fdatasync.
+    if hasattr(os, "fdatasync"):
+        os.fdatasync(fd)
+    else:  # pragma: no cover - macOS
+        os.fsync(fd)
 
 
 class KernelSyncs(Protocol):
@@ -77,12 +93,25 @@ class FileOps:
         return os.copy_file_range(src, dst, count, offset_src, offset_dst)
 
     def fdatasync(self, fd: int) -> None:
-        # fdatasync flushes the data and the metadata needed to read it back (the size), not
-        # timestamps: all a spool record needs. macOS has no fdatasync.
-        if hasattr(os, "fdatasync"):
-            os.fdatasync(fd)
-        else:  # pragma: no cover - macOS
-            os.fsync(fd)
+        _datasync(fd)
+
+    def dup(self, fd: int) -> int:
+        return os.dup(fd)
+
+    def fill_zeros(self, fd: int, start: int, end: int) -> None:
+        """Write zeros over ``[start, end)`` of ``fd`` and sync them: how the spool prepares
+        a segment ahead of its records (see "Preparing segments" in :mod:`pigeon.queue.spool`).
+
+        One method rather than writes and a sync, so that a test counting or failing the
+        syncs of commits is not disturbed by this work, which no commit waits for.
+        """
+        zeros = memoryview(bytes(min(_ZERO_CHUNK, end - start)))
+        while start < end:
+            written = os.pwrite(fd, zeros[: end - start], start)
+            if written <= 0:
+                raise OSError(errno.EIO, "pwrite wrote nothing")
+            start += written
+        _datasync(fd)
 
     def fsync(self, fd: int) -> None:
         os.fsync(fd)
