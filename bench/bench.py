@@ -3,7 +3,7 @@ smtp-source loads.
 
 Run it through ``bench/run`` (which installs what this needs)::
 
-    bench/run [throughput|idle|maildir|all] [--quick]
+    bench/run [throughput|idle|maildir|instructions|sync|all] [--quick]
 
 Modes:
 
@@ -21,6 +21,9 @@ Modes:
   connections and new ones. Not a speed, but a count that stays the same from run to run
   (within about 1 %), where msg/s on a shared virtual machine moves by 20 % or more: the
   figure to compare two versions of the code by. Not in ``all``.
+- ``sync``: no server. What one small ``fdatasync`` costs on the file system of the bench's
+  directory, appending to a file against writing over zeros written and synced before: the
+  reason Pigeon's spool prepares its segments (see ``pigeon.queue.spool``). Not in ``all``.
 
 Every server runs on a free port of 127.0.0.1 in its own temporary directory and is stopped
 afterwards; every load is bounded in messages and every wait in time. Results are printed and
@@ -420,7 +423,7 @@ class PigeonServer(ProcessServer):
         if not index.exists():
             return 0
         with contextlib.closing(sqlite3.connect(f"file:{index}?mode=ro", uri=True)) as db:
-            return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+            return int(db.execute("SELECT COUNT(*) FROM messages WHERE done = 0").fetchone()[0])
 
     def last_stored(self) -> float | None:
         return None if self.held else super().last_stored()
@@ -431,10 +434,18 @@ class PigeonServer(ProcessServer):
             return
         if not self.stored():
             return
-        # `pigeon queue delete` takes one message at a time: a fresh start is quicker.
-        self.stop()
-        shutil.rmtree(self.data)
-        self.start()
+        # As the reference's are (postsuper -d ALL hold): the server stays up, and warm.
+        result = subprocess.run(
+            [str(self.program), "queue", "delete", "--all", "-c", str(self.config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise BenchError(f"pigeon queue delete --all failed: {result.stderr[-500:]}")
+        if not wait_until(lambda: not self.stored(), 60):
+            raise BenchError(f"{self.name} still holds {self.stored()} messages after a delete")
 
 
 class AiosmtpdServer(ProcessServer):
@@ -943,7 +954,7 @@ def machine() -> str:
 
 
 # The sections of bench/results.md, in their order there: one per mode.
-_SECTIONS = ("throughput", "idle", "maildir", "instructions")
+_SECTIONS = ("throughput", "idle", "maildir", "instructions", "sync")
 
 
 def save_section(mode: str, text: str) -> None:
@@ -1163,7 +1174,8 @@ def report_throughput(
         "pigeon-held: the recipient's domain is held for on-demand relay (`[odmr]`), so every "
         "message, after its fsync and 250, is recorded in the queue index as held and waits "
         "there: the work the reference Postfix does (the run waits until the index has every "
-        "message). It restarts with an empty queue between runs.",
+        "message). Between runs its queue is emptied with `pigeon queue delete --all`, as "
+        "Postfix's with `postsuper -d ALL hold`.",
         "pigeon-compiled-held: pigeon-held with the compiled build (`PIGEON_COMPILE=1 pip "
         "install .`: the modules setup.py lists, compiled with mypyc), built by bench/run "
         "from the same tree.",
@@ -1668,6 +1680,136 @@ def report_instructions(names: list[str], results: dict[tuple[str, str], int], n
     return text
 
 
+# -- sync ----------------------------------------------------------------------------------------
+SYNC_BATCH = 12 * 1024  # about ten 1 KiB records with their envelopes: one batch under load
+
+
+@dataclass
+class SyncResult:
+    way: str
+    seconds: float
+    latencies: list[float]  # of each write and its fdatasync
+    process_cpu: float  # this process's CPU seconds
+    machine_cpu: float  # the whole machine's: the file system's journal thread too
+
+    def per_sync_us(self, cpu: float) -> float:
+        return cpu / len(self.latencies) * 1e6
+
+
+def sync_cost(directory: Path, way: str, writes: int) -> SyncResult:
+    """``writes`` batches written one after another, each followed by an ``fdatasync``:
+    appended to an empty file, or written over zeros that were written and synced first."""
+    path = directory / f"{way}.seg"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        if way == "prepared":
+            zeros = bytes(1 << 20)
+            for offset in range(0, writes * SYNC_BATCH, len(zeros)):
+                os.pwrite(fd, zeros, offset)
+            os.fdatasync(fd)
+        batch = os.urandom(SYNC_BATCH)
+        latencies = []
+        busy_before, _ = machine_cpu()
+        cpu_before = time.process_time()
+        start = time.perf_counter()
+        for i in range(writes):
+            began = time.perf_counter()
+            os.pwrite(fd, batch, i * SYNC_BATCH)
+            os.fdatasync(fd)
+            latencies.append(time.perf_counter() - began)
+        seconds = time.perf_counter() - start
+        process = time.process_time() - cpu_before
+        busy_after, _ = machine_cpu()
+    finally:
+        os.close(fd)
+        path.unlink()
+    return SyncResult(way, seconds, latencies, process, busy_after - busy_before)
+
+
+def sync(options: Options) -> str:
+    writes = 500 if options.quick else 2000
+    directory = make_dir(options, "sync")
+    results: dict[str, list[SyncResult]] = {}
+    for run in range(options.runs):
+        for way in ("append", "prepared"):
+            result = sync_cost(directory, way, writes)
+            results.setdefault(way, []).append(result)
+            print(
+                f"bench: sync run {run + 1}/{options.runs} {way:8} "
+                f"{writes / result.seconds:6.0f} syncs/s, p50 "
+                f"{percentile(result.latencies, 0.5) * 1e3:.2f} ms, "
+                f"{result.per_sync_us(result.machine_cpu):4.0f} us of machine CPU per sync",
+                flush=True,
+            )
+    return report_sync(options, results, writes)
+
+
+def report_sync(options: Options, results: dict[str, list[SyncResult]], writes: int) -> str:
+    def median(way: str, value: Callable[[SyncResult], float]) -> float:
+        return statistics.median(value(r) for r in results[way])
+
+    header = [
+        "way",
+        "syncs/s",
+        "latency p50",
+        "latency p99",
+        "process CPU per sync",
+        "machine CPU per sync",
+    ]
+    rows = [
+        [
+            way,
+            f"{median(way, lambda r: writes / r.seconds):.0f}",
+            f"{median(way, lambda r: percentile(r.latencies, 0.5)) * 1e3:.2f} ms",
+            f"{median(way, lambda r: percentile(r.latencies, 0.99)) * 1e3:.2f} ms",
+            f"{median(way, lambda r: r.per_sync_us(r.process_cpu)):.0f} us",
+            f"{median(way, lambda r: r.per_sync_us(r.machine_cpu)):.0f} us",
+        ]
+        for way in ("append", "prepared")
+    ]
+    text = "\n".join(
+        [
+            "## The cost of a small fdatasync",
+            "",
+            f"Machine: {machine()}; the file system of {options.workdir}: "
+            f"{file_system(options.workdir)}",
+            "",
+            markdown_table(header, rows),
+            "",
+            "Notes:",
+            "",
+            f"- {writes} writes of {SYNC_BATCH // 1024} KiB (a batch of about ten 1 KiB records"
+            " with their envelopes), each followed by an fdatasync, one after another; medians"
+            f" of {options.runs} runs each, taken in turn.",
+            "- append: each write extends the file, so each sync also commits the file"
+            " system's journal (the new size and blocks). prepared: the file was filled with"
+            " zeros and synced first, so each sync writes data only; what Pigeon's spool does"
+            " ahead of its records.",
+            "- machine CPU: the busy time of every CPU meanwhile, from /proc/stat: the journal"
+            " thread and the block layer too, which the process's own CPU does not include.",
+        ]
+    )
+    print("\n" + text)
+    return text
+
+
+def file_system(path: Path) -> str:
+    """The type of the file system that holds ``path``, from /proc/mounts."""
+    resolved = path.resolve()
+    best, kind = "", "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            fields = line.split()
+            # The longest mount point that holds the path is the one it is on.
+            if (
+                len(fields) > 2
+                and resolved.is_relative_to(fields[1])
+                and len(fields[1]) > len(best)
+            ):
+                best, kind = fields[1], fields[2]
+    return kind
+
+
 # -- main --------------------------------------------------------------------------------------
 def raise_file_limit() -> int:
     """As many open files as allowed (children inherit it): 10,000 idle connections need it."""
@@ -1688,7 +1830,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mode",
         nargs="?",
         default="throughput",
-        choices=("throughput", "idle", "maildir", "instructions", "all"),
+        choices=("throughput", "idle", "maildir", "instructions", "sync", "all"),
     )
     parser.add_argument("--quick", action="store_true", help="a fifth of the messages")
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement (default 3)")
@@ -1736,6 +1878,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "idle": idle,
                 "maildir": maildir,
                 "instructions": instructions,
+                "sync": sync,
             }[mode]
             try:
                 save_section(mode, runner(options))

@@ -301,6 +301,46 @@ def test_queue_commands_list_show_hold_release_delete_bounce(
     assert "returned by the mail administrator" in block["Diagnostic-Code"]
 
 
+def test_hold_and_delete_all_act_on_every_message(tmp_path: Path, dns_server: DNSServer) -> None:
+    """postsuper's ALL: --all holds, releases, deletes or bounces every message at once."""
+    config = queue_config(tmp_path, dns_server, first_retry=3600)
+    data = str(config.data_dir)
+    with ThreadedServer(config, outbound_port=free_port(SINK_HOST)) as server:
+        for name in ("dave", "erin", "frank"):
+            send(server, [f"{name}@sink.test"])
+        wait_states(config.data_dir, lambda s: s == ["deferred"] * 3, "three deferrals")
+        ids = [m["queue_id"] for m in queue_json(config.data_dir)]
+
+        status, out = pigeon("queue", "hold", "--all", "--data-dir", data)
+        assert status == 0
+        assert sorted(out.splitlines()) == sorted(f"{i}: held" for i in ids)
+        assert states(config.data_dir) == ["held"] * 3
+
+        status, out = pigeon("queue", "delete", "--all", "--json", "--data-dir", data)
+        assert status == 0
+        assert sorted(json.loads(out)["done"]) == sorted(f"{i}: deleted" for i in ids)
+        assert queue_json(config.data_dir) == []
+        status, out = pigeon("queue", "delete", "--all", "--data-dir", data)
+        assert (status, out) == (0, "nothing to delete\n")
+    assert alice_mail(config) == []  # deleting tells nobody
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        ((), "give a queue id, or --all for every message"),
+        (("SOMEID", "--all"), "give a queue id or --all, not both"),
+    ],
+)
+def test_an_action_names_its_messages_or_says_all(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: tuple[str, ...], complaint: str
+) -> None:
+    QueueIndex(tmp_path / "data" / "queue.db").close()
+    status, out = pigeon("queue", "delete", *args, "--data-dir", str(tmp_path / "data"))
+    assert (status, out) == (64, "")
+    assert capsys.readouterr().err == f"pigeon queue delete: {complaint}\n"
+
+
 def test_unknown_id_and_bad_usage_are_named(tmp_path: Path) -> None:
     data = str(tmp_path / "data")
     QueueIndex(tmp_path / "data" / "queue.db").close()

@@ -27,10 +27,10 @@ IO_ERROR = 74  # EX_IOERR: the queue index could not be read
 
 _ACTIONS = {
     "flush": "try deferred mail now (all of it, one message, or one domain's)",
-    "hold": "keep a message in the queue, undelivered, until it is released",
-    "release": "let a held message go again",
-    "delete": "remove a message from the queue without telling its sender",
-    "bounce": "give up on a message now and return it to its sender",
+    "hold": "keep a message (or --all) in the queue, undelivered, until it is released",
+    "release": "let a held message (or --all) go again",
+    "delete": "remove a message (or --all) from the queue without telling its sender",
+    "bounce": "give up on a message (or --all) now and return it to its sender",
 }
 
 
@@ -65,7 +65,10 @@ def register(commands: Any) -> None:
     flush.set_defaults(run=_act)
     for name in ("hold", "release", "delete", "bounce"):
         action = actions.add_parser(name, parents=[common], help=_ACTIONS[name])
-        action.add_argument("queue_id", metavar="ID")
+        action.add_argument("queue_id", metavar="ID", nargs="?")
+        action.add_argument(
+            "--all", action="store_true", help="every message in the queue (postsuper's ALL)"
+        )
         action.set_defaults(run=_act)
     check = actions.add_parser(
         "check",
@@ -138,6 +141,12 @@ def _act(args: argparse.Namespace) -> int:
     domain = getattr(args, "domain", None)
     if domain is not None and args.queue_id is not None:
         return _fail(args, "give a queue id or --domain, not both", _exit.USAGE)
+    if action is not RequestAction.FLUSH:
+        # Without an id the request is for every message: only when asked in so many words.
+        if args.queue_id is not None and args.all:
+            return _fail(args, "give a queue id or --all, not both", _exit.USAGE)
+        if args.queue_id is None and not args.all:
+            return _fail(args, "give a queue id, or --all for every message", _exit.USAGE)
 
     def work(admin: QueueAdmin) -> int:
         report = admin.act(action, queue_id=args.queue_id, domain=domain)
@@ -222,6 +231,8 @@ def _print_report(report: MessageReport) -> None:
 
 def _print_action(report: ActionReport, args: argparse.Namespace) -> None:
     target = args.queue_id or (f"mail for {args.domain}" if getattr(args, "domain", None) else "")
+    if getattr(args, "all", False):
+        target = "every message"
     if not report.workers:
         print(f"nothing to {report.action}: the queue is empty")
         return
@@ -233,7 +244,8 @@ def _print_action(report: ActionReport, args: argparse.Namespace) -> None:
             f" {worker}) is not running, so it is done when pigeon serve starts"
         )
     if not report.lines and not report.waiting:
-        print(f"nothing to {report.action}" + (f" for {target}" if target else ""))
+        scope = "" if getattr(args, "all", False) else target
+        print(f"nothing to {report.action}" + (f" for {scope}" if scope else ""))
 
 
 # -- JSON ----------------------------------------------------------------------------------------

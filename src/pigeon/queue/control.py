@@ -115,13 +115,21 @@ def ring(
             return None
         sock.sendall(f"{command}\n".encode("ascii"))
         received = bytearray()
+        cut = False
         while not received.endswith(b"\n\n") and received != b"\n":
             chunk = sock.recv(65536)
-            if not chunk or len(received) > _READ_LIMIT:
+            if not chunk:
+                break
+            if len(received) > _READ_LIMIT:
+                cut = True
                 break
             received += chunk
     text = received.decode("utf-8", "replace").rstrip("\n")
-    return text.split("\n") if text else []
+    lines = text.split("\n") if text else []
+    if cut:
+        # The work is done all the same; only its account is too long to carry back whole.
+        lines = [*lines[:-1], f"(the rest of the report is left out: over {_READ_LIMIT} bytes)"]
+    return lines
 
 
 def is_running(data_dir: Path, worker: str) -> bool:

@@ -370,19 +370,26 @@ class Scheduler:
         else:
             targets = list(self._jobs.values())
         lines = []
+        deleting = []
         for job in targets:
             if job.running and request.action is not RequestAction.FLUSH:
                 job.after.append(request)
                 lines.append(f"{job.queue_id}: {request.action} once the attempt under way ends")
                 continue
+            if request.action is RequestAction.DELETE:
+                deleting.append(job)  # finished together: one trip to the index and spool
+                continue
             line = await self._act(job, request)
             if line:
                 lines.append(line)
-        return lines
+        return lines + await self._delete(deleting)
 
     async def _act(self, job: _Job, request: Request) -> str | None:
         """Apply one request to a message that has no attempt under way."""
         action = request.action
+        if action is RequestAction.DELETE:
+            (line,) = await self._delete([job])
+            return line
         event("queue_admin", queue_id=job.queue_id, action=action.value, domain=request.domain)
         if action is RequestAction.FLUSH:
             positions = [
@@ -410,12 +417,6 @@ class Scheduler:
             self._set_states(job, positions, RecipientState.QUEUED)
             self._start(job)
             return f"{job.queue_id}: released"
-        if action is RequestAction.DELETE:
-            self._cancel_timer(job)
-            for position in job.positions(*_PENDING, RecipientState.HELD):
-                job.states[position] = RecipientState.FAILED
-            await self._finish([job])
-            return f"{job.queue_id}: deleted"
         # BOUNCE: give up now, and tell the sender as if the lifetime had ended.
         self._cancel_timer(job)
         positions = job.positions(*_PENDING, RecipientState.HELD)
@@ -433,6 +434,15 @@ class Scheduler:
         ]
         await self._conclude([(job, results)], expire=False)
         return f"{job.queue_id}: returned to sender"
+
+    async def _delete(self, jobs: list[_Job]) -> list[str]:
+        """Remove messages that have no attempt under way, telling nobody."""
+        for job in jobs:
+            event("queue_admin", queue_id=job.queue_id, action=RequestAction.DELETE.value)
+            for position in job.positions(*_PENDING, RecipientState.HELD):
+                job.states[position] = RecipientState.FAILED
+        await self._finish(jobs)
+        return [f"{job.queue_id}: deleted" for job in jobs]
 
     def _set_states(self, job: _Job, positions: Iterable[int], state: RecipientState) -> None:
         self._index_job(job)
