@@ -1727,7 +1727,7 @@ def sync_cost(directory: Path, way: str, writes: int) -> SyncResult:
 
 
 def sync(options: Options) -> str:
-    writes = 500 if options.quick else 2000
+    writes = 1000 if options.quick else 5000
     directory = make_dir(options, "sync")
     results: dict[str, list[SyncResult]] = {}
     for run in range(options.runs):
@@ -1786,7 +1786,9 @@ def report_sync(options: Options, results: dict[str, list[SyncResult]], writes: 
             " zeros and synced first, so each sync writes data only; what Pigeon's spool does"
             " ahead of its records.",
             "- machine CPU: the busy time of every CPU meanwhile, from /proc/stat: the journal"
-            " thread and the block layer too, which the process's own CPU does not include.",
+            " thread and the block layer too, which the process's own CPU does not include."
+            " /proc/stat counts in ticks of 10 ms, so the two CPU columns may differ by a few"
+            " microseconds either way.",
         ]
     )
     print("\n" + text)
