@@ -348,6 +348,14 @@ class ProcessServer(Server):
             Server.running.remove(self)
 
 
+def administer(command: list[str]) -> None:
+    """Runs a server's own administration command (emptying its queue, say), or fails."""
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    if result.returncode != 0:
+        name = " ".join([Path(command[0]).name, *command[1:]])
+        raise BenchError(f"{name} failed: {result.stderr[-500:]}")
+
+
 def pigeon_has_workers() -> bool:
     help_text = subprocess.run(
         [str(PIGEON), "serve", "--help"], capture_output=True, text=True, timeout=60, check=False
@@ -435,15 +443,7 @@ class PigeonServer(ProcessServer):
         if not self.stored():
             return
         # As the reference's are (postsuper -d ALL hold): the server stays up, and warm.
-        result = subprocess.run(
-            [str(self.program), "queue", "delete", "--all", "-c", str(self.config)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise BenchError(f"pigeon queue delete --all failed: {result.stderr[-500:]}")
+        administer([str(self.program), "queue", "delete", "--all", "-c", str(self.config)])
         if not wait_until(lambda: not self.stored(), 60):
             raise BenchError(f"{self.name} still holds {self.stored()} messages after a delete")
 
@@ -692,15 +692,7 @@ class PostfixServer(Server):
             return
         # Held messages are removed the supported way, not behind Postfix's back.
         assert POSTSUPER is not None
-        result = subprocess.run(
-            [POSTSUPER, "-c", str(self.config_dir), "-d", "ALL", "hold"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise BenchError(f"postsuper -d ALL hold failed: {result.stderr[-500:]}")
+        administer([POSTSUPER, "-c", str(self.config_dir), "-d", "ALL", "hold"])
 
 
 # -- loads -----------------------------------------------------------------------------------
