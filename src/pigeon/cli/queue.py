@@ -230,9 +230,12 @@ def _print_report(report: MessageReport) -> None:
 
 
 def _print_action(report: ActionReport, args: argparse.Namespace) -> None:
-    target = args.queue_id or (f"mail for {args.domain}" if getattr(args, "domain", None) else "")
-    if getattr(args, "all", False):
-        target = "every message"
+    everything = getattr(args, "all", False)
+    target = (
+        "every message"
+        if everything
+        else args.queue_id or (f"mail for {args.domain}" if getattr(args, "domain", None) else "")
+    )
     if not report.workers:
         print(f"nothing to {report.action}: the queue is empty")
         return
@@ -244,7 +247,7 @@ def _print_action(report: ActionReport, args: argparse.Namespace) -> None:
             f" {worker}) is not running, so it is done when pigeon serve starts"
         )
     if not report.lines and not report.waiting:
-        scope = "" if getattr(args, "all", False) else target
+        scope = "" if everything else target
         print(f"nothing to {report.action}" + (f" for {scope}" if scope else ""))
 
 
