@@ -105,16 +105,44 @@ class _Job:
     spool: Spool  # the spool that holds the message (a worker may adopt others' spools)
     states: list[RecipientState]
     recovered: bool = False
-    indexed: bool = False  # its rows are in the index (or in the changes being written)
-    attempts: int = 0
-    warned: bool = False  # a delay warning goes out once per message
-    running: bool = False  # an attempt is under way
-    outstanding: int = 0  # parts of the attempt that have not reported
-    results: list[tuple[int, DeliveryResult]] = field(default_factory=list)
-    timer: asyncio.TimerHandle | None = None
-    due: float | None = None  # when the next attempt is due (by the scheduler's clock)
-    after: list[Request] = field(default_factory=list)  # requests to apply once it finishes
-    body: bytes | None = None  # the body, read once per attempt for remote parts
+    # Its rows are in the index (or in the changes being written).
+    indexed: bool = field(default=False, init=False)
+    attempts: int = field(default=0, init=False)
+    warned: bool = field(default=False, init=False)  # a delay warning goes out once
+    running: bool = field(default=False, init=False)  # an attempt is under way
+    outstanding: int = field(default=0, init=False)  # parts of the attempt yet to report
+    results: list[tuple[int, DeliveryResult]] = field(default_factory=list, init=False)
+    timer: asyncio.TimerHandle | None = field(default=None, init=False)
+    # When the next attempt is due (by the scheduler's clock).
+    due: float | None = field(default=None, init=False)
+    # Requests to apply once it finishes.
+    after: list[Request] = field(default_factory=list, init=False)
+    # The body, read once per attempt for remote parts.
+    body: bytes | None = field(default=None, init=False)
+
+    # Written out, as the protocol's events are (see pigeon.smtp._events): the compiled build
+    # compiles this __init__, not the generated one. Each message makes a job and its parts.
+    def __init__(
+        self,
+        message: SpooledMessage,
+        spool: Spool,
+        states: list[RecipientState],
+        recovered: bool = False,
+    ) -> None:
+        self.message = message
+        self.spool = spool
+        self.states = states
+        self.recovered = recovered
+        self.indexed = False
+        self.attempts = 0
+        self.warned = False
+        self.running = False
+        self.outstanding = 0
+        self.results = []
+        self.timer = None
+        self.due = None
+        self.after = []
+        self.body = None
 
     @property
     def queue_id(self) -> str:
@@ -140,9 +168,21 @@ class _Part:
     job: _Job
     domain: str
     positions: list[int]
-    mailboxes: dict[int, tuple[ToMailbox, bool]] = field(default_factory=dict)  # (, direct)
-    expansions: dict[int, ToExpansion] = field(default_factory=dict)
-    terminal: bool = False  # local recipients of SEND, SOML or SAML: their terminals first
+    # (route, direct) of each local recipient
+    mailboxes: dict[int, tuple[ToMailbox, bool]] = field(default_factory=dict, init=False)
+    expansions: dict[int, ToExpansion] = field(default_factory=dict, init=False)
+    # Local recipients of SEND, SOML or SAML: their terminals first.
+    terminal: bool = field(default=False, kw_only=True)
+
+    def __init__(
+        self, job: _Job, domain: str, positions: list[int], *, terminal: bool = False
+    ) -> None:
+        self.job = job
+        self.domain = domain
+        self.positions = positions
+        self.mailboxes = {}
+        self.expansions = {}
+        self.terminal = terminal
 
 
 @dataclass(slots=True)

@@ -34,7 +34,12 @@ class Reply:
     lines: tuple[str, ...]
     status: str | None = None
 
-    def __post_init__(self) -> None:
+    # Written out, not generated, as the events' are (see pigeon.smtp._events): a reply is
+    # made for every message.
+    def __init__(self, code: int, lines: tuple[str, ...], status: str | None = None) -> None:
+        object.__setattr__(self, "code", code)
+        object.__setattr__(self, "lines", lines)
+        object.__setattr__(self, "status", status)
         # RFC 5321 section 4.2: Reply-code = %x32-35 %x30-35 %x30-39
         if not 200 <= self.code <= 559 or self.code % 100 > 59:
             raise ValueError(f"not an SMTP reply code: {self.code}")
