@@ -275,6 +275,7 @@ def test_queue_commands_list_show_hold_release_delete_bounce(
                 "action": "release",
                 "done": [f"{first}: released"],
                 "waiting_for": [],
+                "unknown": [],
             }
             wait_states(config.data_dir, lambda s: s == [], "dave delivered after release")
             assert "RCPT TO:<dave@sink.test>" in sink.commands()
@@ -325,11 +326,48 @@ def test_hold_and_delete_all_act_on_every_message(tmp_path: Path, dns_server: DN
     assert alice_mail(config) == []  # deleting tells nobody
 
 
+def test_several_ids_in_one_command(
+    tmp_path: Path, dns_server: DNSServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As postsuper takes several ids: each is acted on, and one not in the queue is named
+    (exit 66) without stopping the others."""
+    config = queue_config(tmp_path, dns_server, first_retry=3600)
+    data = str(config.data_dir)
+    with ThreadedServer(config, outbound_port=free_port(SINK_HOST)) as server:
+        for name in ("dave", "erin", "frank"):
+            send(server, [f"{name}@sink.test"])
+        wait_states(config.data_dir, lambda s: s == ["deferred"] * 3, "three deferrals")
+        first, second, third = (m["queue_id"] for m in queue_json(config.data_dir))
+        capsys.readouterr()
+
+        status, out = pigeon("queue", "hold", first, "NOSUCHID", third, first, "--data-dir", data)
+        assert status == 66
+        assert sorted(out.splitlines()) == sorted([f"{first}: held", f"{third}: held"])
+        assert capsys.readouterr().err == "pigeon queue hold: no message NOSUCHID in the queue\n"
+        assert states(config.data_dir) == ["held", "deferred", "held"]
+
+        status, out = pigeon("queue", "delete", first, second, "--json", "--data-dir", data)
+        assert status == 0
+        report = json.loads(out)
+        assert sorted(report["done"]) == sorted([f"{first}: deleted", f"{second}: deleted"])
+        assert report["unknown"] == []
+        assert [m["queue_id"] for m in queue_json(config.data_dir)] == [third]
+
+        # None of them in the queue: nothing is asked of anyone, and each is named.
+        status, out = pigeon("queue", "release", first, "NOSUCHID", "--data-dir", data)
+        assert (status, out) == (66, "")
+        assert capsys.readouterr().err == (
+            f"pigeon queue release: no message {first} in the queue\n"
+            "pigeon queue release: no message NOSUCHID in the queue\n"
+        )
+        assert states(config.data_dir) == ["held"]
+
+
 @pytest.mark.parametrize(
     ("args", "complaint"),
     [
         ((), "give a queue id, or --all for every message"),
-        (("SOMEID", "--all"), "give a queue id or --all, not both"),
+        (("SOMEID", "--all"), "give queue ids or --all, not both"),
     ],
 )
 def test_an_action_names_its_messages_or_says_all(

@@ -26,11 +26,11 @@ __all__ = ["register"]
 IO_ERROR = 74  # EX_IOERR: the queue index could not be read
 
 _ACTIONS = {
-    "flush": "try deferred mail now (all of it, one message, or one domain's)",
-    "hold": "keep a message (or --all) in the queue, undelivered, until it is released",
-    "release": "let a held message (or --all) go again",
-    "delete": "remove a message (or --all) from the queue without telling its sender",
-    "bounce": "give up on a message (or --all) now and return it to its sender",
+    "flush": "try deferred mail now (all of it, some messages, or one domain's)",
+    "hold": "keep messages (or --all) in the queue, undelivered, until they are released",
+    "release": "let held messages (or --all) go again",
+    "delete": "remove messages (or --all) from the queue without telling their senders",
+    "bounce": "give up on messages (or --all) now and return them to their senders",
 }
 
 
@@ -60,12 +60,12 @@ def register(commands: Any) -> None:
     show.add_argument("queue_id", metavar="ID")
     show.set_defaults(run=_show)
     flush = actions.add_parser("flush", parents=[common], help=_ACTIONS["flush"])
-    flush.add_argument("queue_id", metavar="ID", nargs="?")
+    flush.add_argument("queue_ids", metavar="ID", nargs="*")
     flush.add_argument("--domain", metavar="DOMAIN", help="only mail for this domain")
     flush.set_defaults(run=_act)
     for name in ("hold", "release", "delete", "bounce"):
         action = actions.add_parser(name, parents=[common], help=_ACTIONS[name])
-        action.add_argument("queue_id", metavar="ID", nargs="?")
+        action.add_argument("queue_ids", metavar="ID", nargs="*")
         action.add_argument(
             "--all", action="store_true", help="every message in the queue (postsuper's ALL)"
         )
@@ -95,8 +95,10 @@ def _run(args: argparse.Namespace, work: Callable[[QueueAdmin], int]) -> int:
         return _fail(args, str(error), _exit.CONFIG)
     except QueueIndexError as error:
         return _fail(args, str(error), IO_ERROR)
-    except UnknownMessage:
-        return _fail(args, f"no message {args.queue_id} in the queue", _exit.NO_INPUT)
+    except UnknownMessage as unknown:
+        for queue_id in unknown.args:
+            _fail(args, f"no message {queue_id} in the queue", _exit.NO_INPUT)
+        return _exit.NO_INPUT
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -139,22 +141,25 @@ def _show(args: argparse.Namespace) -> int:
 def _act(args: argparse.Namespace) -> int:
     action = RequestAction(args.action)
     domain = getattr(args, "domain", None)
-    if domain is not None and args.queue_id is not None:
-        return _fail(args, "give a queue id or --domain, not both", _exit.USAGE)
+    if domain is not None and args.queue_ids:
+        return _fail(args, "give queue ids or --domain, not both", _exit.USAGE)
     if action is not RequestAction.FLUSH:
         # Without an id the request is for every message: only when asked in so many words.
-        if args.queue_id is not None and args.all:
-            return _fail(args, "give a queue id or --all, not both", _exit.USAGE)
-        if args.queue_id is None and not args.all:
+        if args.queue_ids and args.all:
+            return _fail(args, "give queue ids or --all, not both", _exit.USAGE)
+        if not args.queue_ids and not args.all:
             return _fail(args, "give a queue id, or --all for every message", _exit.USAGE)
 
     def work(admin: QueueAdmin) -> int:
-        report = admin.act(action, queue_id=args.queue_id, domain=domain)
+        report = admin.act(action, queue_ids=args.queue_ids, domain=domain)
         if args.json:
             print(json.dumps(_action_json(report), indent=2, ensure_ascii=False))
         else:
             _print_action(report, args)
-        return _exit.OK
+        # As rm does with files: the others were acted on; the missing ones make it fail.
+        for queue_id in report.unknown:
+            _fail(args, f"no message {queue_id} in the queue", _exit.NO_INPUT)
+        return _exit.NO_INPUT if report.unknown else _exit.OK
 
     return _run(args, work)
 
@@ -234,7 +239,8 @@ def _print_action(report: ActionReport, args: argparse.Namespace) -> None:
     target = (
         "every message"
         if everything
-        else args.queue_id or (f"mail for {args.domain}" if getattr(args, "domain", None) else "")
+        else ", ".join(q for q in args.queue_ids if q not in report.unknown)
+        or (f"mail for {args.domain}" if getattr(args, "domain", None) else "")
     )
     if not report.workers:
         print(f"nothing to {report.action}: the queue is empty")
@@ -303,6 +309,7 @@ def _action_json(report: ActionReport) -> dict[str, Any]:
         "action": report.action.value,
         "done": report.lines,
         "waiting_for": report.waiting,
+        "unknown": list(report.unknown),
     }
 
 

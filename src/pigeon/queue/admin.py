@@ -11,6 +11,7 @@ carried out when the server starts.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ class ActionReport:
 
     action: RequestAction
     workers: dict[str, list[str] | None]  # each worker asked: its report, or None if not running
+    unknown: tuple[str, ...] = ()  # queue ids asked for that are not in the queue
 
     @property
     def waiting(self) -> list[str]:
@@ -62,7 +64,7 @@ class Problem:
 
 
 class UnknownMessage(LookupError):
-    """No message with that queue id is in the queue."""
+    """No message with that queue id (or none of those ids, its ``args``) is in the queue."""
 
 
 class QueueAdmin:
@@ -130,27 +132,34 @@ class QueueAdmin:
         self,
         action: RequestAction,
         *,
-        queue_id: str | None = None,
+        queue_ids: Sequence[str] = (),
         domain: str | None = None,
         timeout: float = 60.0,
     ) -> ActionReport:
         """Ask the owning worker(s) to carry out ``action`` and wait for their report.
 
-        ``queue_id`` names one message; without it, ``domain`` limits a flush to recipients
-        at that domain, and with neither a flush takes everything deferred."""
+        ``queue_ids`` name messages (as postsuper takes several): those not in the queue are
+        reported in ``unknown``, and if none is, :class:`UnknownMessage` is raised and
+        nothing is asked. Without ids, ``domain`` limits a flush to recipients at that
+        domain, and with neither the action is for every message."""
+        wanted = list(dict.fromkeys(queue_ids))  # each once, in the order given
         with self._open(readonly=False) as index:
-            if queue_id is not None:
-                found = index.message(queue_id)
-                if found is None or found.done:
-                    raise UnknownMessage(queue_id)
-            owners = index.add_request(
-                action,
-                queue_id=queue_id,
-                domain=domain,
-                owners=sorted(spool_workers(self.spool_dir)),
-            )
+            unknown = [q for q in wanted if (m := index.message(q)) is None or m.done]
+            if wanted and len(unknown) == len(wanted):
+                raise UnknownMessage(*unknown)
+            owners: set[str] = set()
+            workers = sorted(spool_workers(self.spool_dir))
+            targets: list[str | None] = [q for q in wanted if q not in unknown]
+            for queue_id in targets or [None]:
+                owners.update(
+                    index.add_request(action, queue_id=queue_id, domain=domain, owners=workers)
+                )
+        # One ring per worker, however many requests it was given: it carries them all out
+        # and reports them together.
         return ActionReport(
-            action, {owner: ring(self.data_dir, owner, timeout=timeout) for owner in owners}
+            action,
+            {owner: ring(self.data_dir, owner, timeout=timeout) for owner in sorted(owners)},
+            tuple(unknown),
         )
 
     # -- checking -------------------------------------------------------------------------------

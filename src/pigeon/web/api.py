@@ -299,7 +299,9 @@ def act(
     context: WebContext, action: RequestAction, queue_id: str | None, domain: str | None = None
 ) -> models.ActionResult:
     try:
-        report = context.queue.act(action, queue_id=queue_id, domain=domain, timeout=15)
+        report = context.queue.act(
+            action, queue_ids=() if queue_id is None else (queue_id,), domain=domain, timeout=15
+        )
     except queue_admin.UnknownMessage:
         raise HTTPException(404, "no such message in the queue") from None
     except QueueIndexError as error:
