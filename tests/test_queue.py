@@ -16,7 +16,7 @@ import shutil
 import smtplib
 import time
 from collections.abc import Callable, Iterator
-from contextlib import redirect_stdout
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import replace
 from io import StringIO
 from pathlib import Path
@@ -302,16 +302,22 @@ def test_queue_commands_list_show_hold_release_delete_bounce(
     assert "returned by the mail administrator" in block["Diagnostic-Code"]
 
 
-def test_hold_and_delete_all_act_on_every_message(tmp_path: Path, dns_server: DNSServer) -> None:
-    """postsuper's ALL: --all holds, releases, deletes or bounces every message at once."""
+@contextmanager
+def three_deferred(tmp_path: Path, dns_server: DNSServer) -> Iterator[tuple[Config, list[str]]]:
+    """A server with three messages deferred (their destination does not answer), and their
+    queue ids in arrival order."""
     config = queue_config(tmp_path, dns_server, first_retry=3600)
-    data = str(config.data_dir)
     with ThreadedServer(config, outbound_port=free_port(SINK_HOST)) as server:
         for name in ("dave", "erin", "frank"):
             send(server, [f"{name}@sink.test"])
         wait_states(config.data_dir, lambda s: s == ["deferred"] * 3, "three deferrals")
-        ids = [m["queue_id"] for m in queue_json(config.data_dir)]
+        yield config, [m["queue_id"] for m in queue_json(config.data_dir)]
 
+
+def test_hold_and_delete_all_act_on_every_message(tmp_path: Path, dns_server: DNSServer) -> None:
+    """postsuper's ALL: --all holds, releases, deletes or bounces every message at once."""
+    with three_deferred(tmp_path, dns_server) as (config, ids):
+        data = str(config.data_dir)
         status, out = pigeon("queue", "hold", "--all", "--data-dir", data)
         assert status == 0
         assert sorted(out.splitlines()) == sorted(f"{i}: held" for i in ids)
@@ -331,13 +337,9 @@ def test_several_ids_in_one_command(
 ) -> None:
     """As postsuper takes several ids: each is acted on, and one not in the queue is named
     (exit 66) without stopping the others."""
-    config = queue_config(tmp_path, dns_server, first_retry=3600)
-    data = str(config.data_dir)
-    with ThreadedServer(config, outbound_port=free_port(SINK_HOST)) as server:
-        for name in ("dave", "erin", "frank"):
-            send(server, [f"{name}@sink.test"])
-        wait_states(config.data_dir, lambda s: s == ["deferred"] * 3, "three deferrals")
-        first, second, third = (m["queue_id"] for m in queue_json(config.data_dir))
+    with three_deferred(tmp_path, dns_server) as (config, ids):
+        data = str(config.data_dir)
+        first, second, third = ids
         capsys.readouterr()
 
         status, out = pigeon("queue", "hold", first, "NOSUCHID", third, first, "--data-dir", data)

@@ -183,6 +183,32 @@ def test_every_page_has_strict_security_headers(web: WebServer) -> None:
             assert headers["x-frame-options"] == "DENY"
 
 
+def test_the_id_all_acts_on_every_message_in_the_queue(tmp_path: Path) -> None:
+    # 127.0.0.0/8 may relay: mail for another domain waits in the queue (no resolver).
+    with (
+        running_web(tmp_path, trusted_networks=("127.0.0.0/8",)) as web,
+        httpx.Client(base_url=web.url, headers=bearer(web.admin_token), timeout=20) as client,
+    ):
+        send_mail(web.smtp_address, "someone@remote.test", "One")
+        send_mail(web.smtp_address, "someone@remote.test", "Two")
+        deadline = time.monotonic() + 10
+        while len(client.get("/api/queue").json()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ids = sorted(m["queue_id"] for m in client.get("/api/queue").json())
+        assert len(ids) == 2
+
+        held = client.post("/api/queue/all/hold")
+        assert held.status_code == 200, held.text
+        assert held.json()["queue_id"] is None
+        assert sorted(held.json()["report"]) == [f"{i}: held" for i in ids]
+        states = [r["state"] for m in client.get("/api/queue").json() for r in m["recipients"]]
+        assert states == ["held", "held"]
+
+        deleted = client.post("/api/queue/all/delete")
+        assert sorted(deleted.json()["report"]) == [f"{i}: deleted" for i in ids]
+        assert client.get("/api/queue").json() == []
+
+
 def test_the_queue_is_listed_shown_and_acted_on_through_queue_admin(
     web: WebServer, tmp_path: Path
 ) -> None:

@@ -134,8 +134,27 @@ def test_live_inbox_hostile_html_and_the_queue_in_chromium(
             queue_shot = ARTIFACTS / "web-queue.png"
             page.screenshot(path=str(queue_shot), full_page=True)
 
-            page.click("form[action$='/hold'] button")
-            page.wait_for_selector(".state-held")
+            page.click("table.queue form[action$='/hold'] button")
+            page.wait_for_selector("table.queue .state-held")
+
+            # The actions for every message: release all, hold all, then delete all (which
+            # asks first).
+            send_mail(web.smtp_address, "someone@remote.test", "Waits in the queue too")
+            for _ in range(100):  # until the index has it (it is written every 50 ms)
+                page.goto(f"{web.url}/queue")
+                if page.locator("table.queue code").count() == 2:
+                    break
+                page.wait_for_timeout(100)
+            assert page.locator("table.queue code").count() == 2
+            page.click("text=Release all")
+            page.wait_for_selector("table.queue .state-held", state="detached")
+            page.click("text=Hold all")
+            page.wait_for_function(
+                "document.querySelectorAll('table.queue .state-held').length == 2"
+            )
+            page.once("dialog", lambda dialog: dialog.accept())
+            page.click("text=Delete all")
+            page.wait_for_selector("text=The queue is empty")
         finally:
             browser.close()
     print(f"screenshots: {inbox_shot} {queue_shot}")

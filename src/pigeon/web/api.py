@@ -328,8 +328,9 @@ def queue_act(
     queue_id: str,
     action: Literal["flush", "hold", "release", "delete", "bounce"],
 ) -> models.ActionResult:
-    """``pigeon queue flush|hold|release|delete|bounce ID``."""
-    return act(context, RequestAction(action), queue_id)
+    """``pigeon queue flush|hold|release|delete|bounce ID``; the id ``all`` is every message
+    (``--all``, postsuper's ALL)."""
+    return act(context, RequestAction(action), None if queue_id == "all" else queue_id)
 
 
 # -- the server -------------------------------------------------------------------------------

@@ -305,10 +305,9 @@ def queue_action(
     if action not in {a.value for a in RequestAction}:
         raise HTTPException(404, "no such action")
     try:
-        if queue_id == "all":
-            result = act(context, RequestAction.FLUSH, None)
-        else:
-            result = act(context, RequestAction(action), queue_id)
+        # "all" is never a queue id (those are upper case): the action is for every message,
+        # as `pigeon queue ACTION --all` (a flush takes every deferred one).
+        result = act(context, RequestAction(action), None if queue_id == "all" else queue_id)
     except queue_admin.UnknownMessage:
         raise HTTPException(404, "no such message in the queue") from None
     notice = "; ".join(result.report) or (
