@@ -60,7 +60,10 @@ from typing import IO, ClassVar
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-PIGEON = ROOT / ".venv" / "bin" / "pigeon"
+# Installed copies of the tree as it was when bench/run began (scripts/build-venv), not the
+# editable .venv: a file edited during a run must not change the server being measured, nor
+# break the command that empties its queue between runs.
+PIGEON = BENCH / ".venv-pure" / "bin" / "pigeon"
 # The compiled build (PIGEON_COMPILE=1 pip install .), which bench/run makes from this tree.
 PIGEON_COMPILED = BENCH / ".venv-compiled" / "bin" / "pigeon"
 REF_PYTHON = BENCH / ".venv-ref" / "bin" / "python"
@@ -910,7 +913,7 @@ def machine() -> str:
                 check=False,
             ).stdout.strip()
     versions = {}
-    for name, python in (("pigeon venv", ROOT / ".venv/bin/python"), ("ref venv", REF_PYTHON)):
+    for name, python in (("pigeon venv", PIGEON.with_name("python")), ("ref venv", REF_PYTHON)):
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             versions[name] = subprocess.run(
                 [
