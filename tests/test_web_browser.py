@@ -137,8 +137,8 @@ def test_live_inbox_hostile_html_and_the_queue_in_chromium(
             page.click("table.queue form[action$='/hold'] button")
             page.wait_for_selector("table.queue .state-held")
 
-            # The actions for every message: release all, hold all, then delete all (which
-            # asks first).
+            # The actions for every message: release all, hold all, then (after one message
+            # is bounced) delete all. Bounce and delete ask first.
             send_mail(web.smtp_address, "someone@remote.test", "Waits in the queue too")
             for _ in range(100):  # until the index has it (it is written every 50 ms)
                 page.goto(f"{web.url}/queue")
@@ -152,6 +152,19 @@ def test_live_inbox_hostile_html_and_the_queue_in_chromium(
             page.wait_for_function(
                 "document.querySelectorAll('table.queue .state-held').length == 2"
             )
+            first = page.locator("table.queue code").first.inner_text()
+            page.once("dialog", lambda dialog: dialog.accept())
+            page.click(f"form[action='/queue/{first}/bounce'] button")
+            page.wait_for_selector(f"text={first}: returned to sender")
+            returned = page.locator("table.queue td", has_text="<>")  # the bounce, from <>
+            for _ in range(100):
+                page.goto(f"{web.url}/queue")
+                if returned.count():
+                    break
+                page.wait_for_timeout(100)
+            assert returned.count() == 1
+            assert page.locator("table.queue code").count() == 2  # the other and the bounce
+            assert first not in page.locator("table.queue").inner_text()
             page.once("dialog", lambda dialog: dialog.accept())
             page.click("text=Delete all")
             page.wait_for_selector("text=The queue is empty")
