@@ -42,8 +42,8 @@ _DOT_STRING_RE = re.compile(DOT_STRING_UTF8)
 
 # The events made for every message write their __init__ out: the compiled build (mypyc)
 # compiles a class's own __init__, but not the one dataclasses generates when the module is
-# imported, which sets each field through object.__setattr__ at interpreter speed (ten
-# times the cost). The signatures are the generated ones'.
+# imported, which sets each field through object.__setattr__ at interpreter speed (for an
+# Envelope, 3 us against 0.14 us compiled). The signatures are the generated ones'.
 
 
 @dataclass(frozen=True, slots=True)
