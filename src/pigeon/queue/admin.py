@@ -149,7 +149,8 @@ class QueueAdmin:
                 raise UnknownMessage(*unknown)
             owners: set[str] = set()
             workers = sorted(spool_workers(self.spool_dir))
-            targets: list[str | None] = [q for q in wanted if q not in unknown]
+            missing = set(unknown)
+            targets: list[str | None] = [q for q in wanted if q not in missing]
             for queue_id in targets or [None]:
                 owners.update(
                     index.add_request(action, queue_id=queue_id, domain=domain, owners=workers)

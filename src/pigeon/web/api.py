@@ -36,6 +36,9 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 }
 router = APIRouter(prefix="/api", responses=_ERRORS)
 
+# The queue id of an action for every message, in the API's paths and the UI's forms.
+EVERY_MESSAGE = "all"
+
 # Attachments are always downloaded, never shown in this origin; these types keep their own
 # name so the browser opens the download with the right program, the rest is octet-stream.
 _KEPT_TYPES = frozenset(
@@ -298,6 +301,11 @@ def queue_show(context: Context, _admin: Admin, queue_id: str) -> models.QueueMe
 def act(
     context: WebContext, action: RequestAction, queue_id: str | None, domain: str | None = None
 ) -> models.ActionResult:
+    """``action`` for one message, or with ``queue_id`` None or ``"all"`` (never a queue id:
+    those are upper case) for every message, as ``pigeon queue ACTION --all`` (a flush takes
+    every deferred one, or a domain's)."""
+    if queue_id == EVERY_MESSAGE:
+        queue_id = None
     try:
         report = context.queue.act(
             action, queue_ids=() if queue_id is None else (queue_id,), domain=domain, timeout=15
@@ -330,7 +338,7 @@ def queue_act(
 ) -> models.ActionResult:
     """``pigeon queue flush|hold|release|delete|bounce ID``; the id ``all`` is every message
     (``--all``, postsuper's ALL)."""
-    return act(context, RequestAction(action), None if queue_id == "all" else queue_id)
+    return act(context, RequestAction(action), queue_id)
 
 
 # -- the server -------------------------------------------------------------------------------

@@ -305,9 +305,7 @@ def queue_action(
     if action not in {a.value for a in RequestAction}:
         raise HTTPException(404, "no such action")
     try:
-        # "all" is never a queue id (those are upper case): the action is for every message,
-        # as `pigeon queue ACTION --all` (a flush takes every deferred one).
-        result = act(context, RequestAction(action), None if queue_id == "all" else queue_id)
+        result = act(context, RequestAction(action), queue_id)  # "all": every message
     except queue_admin.UnknownMessage:
         raise HTTPException(404, "no such message in the queue") from None
     notice = "; ".join(result.report) or (
