@@ -105,6 +105,9 @@ def test_first_states_written_with_the_rows_match_an_update_after_them(tmp_path:
         assert rows(one) == rows(two)
         assert [state for state, *_ in rows(one)] == ["held", "deferred", "queued"]
         assert [a.position for a in one.attempts("Q1")] == [1]  # a hold is no attempt
+        # but says why it holds; a request's update, with no status, says nothing.
+        assert rows(one)[0] == ("held", 0, None, "4.3.2", "held for ATRN", 1500.0)
+        assert rows(one)[2][3:5] == ("", "")
         # Added again (a restart that did not know the rows): rows there take the new state.
         again = IndexChanges(
             added=[(spooled("Q1", "a@x.test", "b@y.test", "c@z.test"), "w0")],
@@ -112,6 +115,7 @@ def test_first_states_written_with_the_rows_match_an_update_after_them(tmp_path:
         )
         one.apply(again, now=1600.0)
         assert [state for state, *_ in rows(one)] == ["held", "deferred", "held"]
+        assert rows(one)[0][3:5] == ("4.3.2", "held for ATRN")  # kept: nothing said otherwise
         assert rows(one)[1][1] == 1  # the deferred recipient keeps its attempt
         # Added again with an attempt: counted on top of the one before, with its reply.
         attempt = RecipientUpdate("Q1", 1, RecipientState.DEFERRED, 2400.0, "4.4.2", "slow")

@@ -149,7 +149,12 @@ def test_held_mail_reaches_the_index_in_few_transactions(tmp_path: Path) -> None
     with QueueIndex(tmp_path / "queue.db", readonly=True) as index:
         messages = index.messages()
         assert len(messages) == count
-        assert {r.state for m in messages for r in m.recipients} == {RecipientState.HELD}
+        recipients = [r for m in messages for r in m.recipients]
+        # Each says why it is held; holding is no delivery attempt, so there is no history.
+        assert {(r.state, r.attempts, r.status, r.last_reply) for r in recipients} == {
+            (RecipientState.HELD, 0, "4.3.2", "held for ATRN")
+        }
+        assert not any(index.attempts(m.queue_id) for m in messages)
     # One at once, then at most one per interval (the last when the scheduler stops).
     assert 1 <= CountingIndex.transactions <= elapsed / _HELD_FLUSH_INTERVAL + 2
     assert CountingIndex.transactions < count // 4

@@ -218,7 +218,11 @@ class DeliveryReport:
 
 @dataclass(frozen=True, slots=True)
 class RecipientUpdate:
-    """One recipient's new state after an attempt (``outcome`` set) or a request."""
+    """One recipient's new state after an attempt, or a request, or a hold.
+
+    ``status`` and ``detail`` become the recipient's last status and reply when the update
+    is an attempt or carries a status (why mail is held); a request's update, which has
+    none, leaves the last ones as they were."""
 
     queue_id: str
     position: int
@@ -227,6 +231,11 @@ class RecipientUpdate:
     status: str = ""
     detail: str = ""
     attempted: bool = True  # counts as an attempt and goes into the history
+
+    @property
+    def replied(self) -> bool:
+        """Whether ``status`` and ``detail`` are to be recorded."""
+        return self.attempted or bool(self.status)
 
 
 @dataclass(slots=True)
@@ -462,7 +471,7 @@ class QueueIndex:
                     row = (m.queue_id, position, address, _domain_of(address), "queued", stamp)
                     fresh.append(row)
                     continue
-                attempted = first.attempted
+                replied = first.replied
                 settled.append(
                     (
                         m.queue_id,
@@ -471,9 +480,9 @@ class QueueIndex:
                         _domain_of(address),
                         first.state.value,
                         first.next_attempt,
-                        1 if attempted else 0,
-                        first.status if attempted else "",
-                        first.detail if attempted else "",
+                        1 if first.attempted else 0,
+                        first.status if replied else "",
+                        first.detail if replied else "",
                         stamp,
                     )
                 )
@@ -492,9 +501,10 @@ class QueueIndex:
             " ON CONFLICT (queue_id, position) DO UPDATE SET"
             " state = excluded.state, next_attempt = excluded.next_attempt,"
             " attempts = attempts + excluded.attempts,"
-            " status = CASE WHEN excluded.attempts THEN excluded.status ELSE status END,"
-            " last_reply = CASE WHEN excluded.attempts THEN excluded.last_reply"
-            " ELSE last_reply END,"
+            " status = CASE WHEN excluded.attempts OR excluded.status != ''"
+            " THEN excluded.status ELSE status END,"
+            " last_reply = CASE WHEN excluded.attempts OR excluded.status != ''"
+            " THEN excluded.last_reply ELSE last_reply END,"
             " updated = excluded.updated",
             settled,
         )
@@ -515,9 +525,9 @@ class QueueIndex:
                     u.next_attempt,
                     stamp,
                     1 if u.attempted else 0,
-                    u.attempted,
+                    u.replied,
                     u.status,
-                    u.attempted,
+                    u.replied,
                     u.detail,
                     u.queue_id,
                     u.position,

@@ -708,12 +708,20 @@ class Scheduler:
     # -- on-demand relay (ATRN) ---------------------------------------------------------------
     def _hold_for_fetch(self, job: _Job, position: int, route: Held) -> None:
         """Keep a recipient of a domain held for ATRN: its state says why, in the index, so
-        that whichever worker's session the domain's owner reaches can find it."""
+        that whichever worker's session the domain's owner reaches can find it. Holding is
+        no delivery attempt (the attempt under way does not count it either): nothing goes
+        into the recipient's history until the domain's owner fetches it."""
         self._index_job(job)
         job.states[position] = RecipientState.HELD
         self._changes.updates.append(
             RecipientUpdate(
-                job.queue_id, position, RecipientState.HELD, None, "4.3.2", route.detail
+                job.queue_id,
+                position,
+                RecipientState.HELD,
+                None,
+                "4.3.2",
+                route.detail,
+                attempted=False,
             )
         )
         self._flush_index_soon()
