@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import smtplib
+import socket
 import time
 from pathlib import Path
 
@@ -131,3 +132,47 @@ def test_mail_of_a_worker_that_no_longer_runs_is_adopted(tmp_path: Path) -> None
     # Delivered and marked done: nothing of w7 is left to recover.
     assert not [p for p in (data / "spool" / "segments").iterdir() if p.name.startswith("w7-")]
     assert queue_id
+
+
+def test_limits_per_address_are_the_servers_not_each_workers(tmp_path: Path) -> None:
+    """The kernel spreads one address's connections over the workers; the limits count
+    them all together, as one process would."""
+    config = tmp_path / "pigeon.toml"
+    config.write_text('[limits]\nconnections_per_ip = 3\nmessage_rate_per_ip = "4/hour"\n')
+    data = tmp_path / "data"
+    server = PigeonProcess(
+        [*ARGS, "-c", str(config), "--data-dir", str(data), "--workers", "2"], cwd=tmp_path
+    )
+    try:
+        held = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(8)]
+        readers = [sock.makefile("rb") for sock in held]
+        greetings = [reader.readline() for reader in readers]  # all before any closes
+        for sock, reader in zip(held, readers, strict=True):
+            reader.close()
+            sock.close()
+        assert sum(g.startswith(b"220 ") for g in greetings) == 3, greetings
+        refused = b"421 mx.example.test Too many connections from 127.0.0.1"
+        assert sum(g.startswith(refused) for g in greetings) == 5, greetings
+        # Those three are over once the workers have seen them close.
+        outcomes: list[int] = []
+        for n in range(6):
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    client = smtplib.SMTP("127.0.0.1", server.port, timeout=10)
+                    break
+                except smtplib.SMTPConnectError:
+                    assert time.monotonic() < deadline, "connections still counted"
+                    time.sleep(0.05)
+            with client:
+                try:
+                    client.sendmail(
+                        "a@remote.test", ["alice@example.test"], f"Subject: {n}\r\n\r\n"
+                    )
+                    outcomes.append(250)
+                except smtplib.SMTPSenderRefused as refusal:
+                    outcomes.append(refusal.smtp_code)
+        assert outcomes == [250, 250, 250, 250, 450, 450]
+        assert server.terminate() == 0
+    finally:
+        server.close()

@@ -311,6 +311,11 @@ class Config:
         return self.data_dir / "directory.db"
 
     @property
+    def anvil(self) -> Path:
+        """The table of connections and rates per client that the workers share."""
+        return self.data_dir / "anvil"
+
+    @property
     def queue_index(self) -> Path:
         return self.data_dir / "queue.db"
 

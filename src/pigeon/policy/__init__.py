@@ -4,6 +4,7 @@ go with them.
 A check returns ``None`` to let a command through, or the reply that refuses it.
 """
 
+from ._anvil import Anvil, AnvilError
 from ._limits import ClientLimits, CommandRate, RateLimiter
 from ._relay import RelayPolicy
 from ._sender import check_sender_login
@@ -11,6 +12,8 @@ from ._verify import EXPN_LIMIT, VerifyPolicy
 
 __all__ = [
     "EXPN_LIMIT",
+    "Anvil",
+    "AnvilError",
     "ClientLimits",
     "CommandRate",
     "RateLimiter",

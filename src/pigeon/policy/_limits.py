@@ -1,10 +1,9 @@
 """Abuse controls that count: connections per client address, message rates per address and
 per authenticated user, and the command rate of one session.
 
-Every count lives in this process. ``pigeon serve`` runs one worker per core and the kernel
-spreads a client's connections among them, so each worker counts what it sees: with N
-workers a client may get up to N times a rate before every worker refuses it. Nothing is
-shared through files or another process, which keeps the checks at memory speed.
+The counts per address and per user are the server's, whatever its number of workers: they
+live in the table every worker shares (``pigeon.policy._anvil``), as Postfix's smtpd
+processes share theirs through anvil. The command rate is one session's, counted by it.
 
 Rates are token buckets: "30/minute" lets a client send 30 messages at once, then one every
 two seconds as the bucket fills again, so a burst is allowed and a steady flood is not.
@@ -14,62 +13,45 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter
 from collections.abc import Callable
 
 from pigeon.config import Limits, Rate, parse_rate
 from pigeon.smtp import Reply, replies
 
+from ._anvil import Anvil
+
 __all__ = ["ClientLimits", "CommandRate", "RateLimiter"]
 
 Clock = Callable[[], float]
 
-# Buckets of clients that have gone quiet are dropped when there are more than this many;
-# a full bucket says nothing that a missing one does not.
-_MAX_BUCKETS = 100_000
+
+def _key(kind: str, name: str) -> str:
+    return f"{kind}:{name}"
 
 
 class RateLimiter:
-    """Token buckets keyed by ``("ip", address)``, ``("user", name)`` or any other pair."""
+    """Token buckets keyed by ``("ip", address)``, ``("user", name)`` or any other pair,
+    kept in ``anvil`` (by default one of this process's own)."""
 
-    def __init__(self, *, clock: Clock = time.monotonic) -> None:
-        self._clock = clock
-        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}  # key: (tokens, when)
-
-    def __len__(self) -> int:
-        return len(self._buckets)
+    def __init__(self, *, clock: Clock = time.monotonic, anvil: Anvil | None = None) -> None:
+        self._anvil = anvil if anvil is not None else Anvil.private(clock=clock)
 
     def allow(self, *checks: tuple[tuple[str, str], Rate]) -> bool:
         """Take one token from each bucket named, if every one has a token; else none."""
-        now = self._clock()
-        levels = [self._level(key, rate, now) for key, rate in checks]
-        if any(level < 1.0 for level in levels):
-            return False
-        for (key, _rate), level in zip(checks, levels, strict=True):
-            self._buckets[key] = (level - 1.0, now)
-        if len(self._buckets) > _MAX_BUCKETS:
-            self._forget_full(now, dict(checks))
-        return True
+        return self.refused(*checks) is None
+
+    def refused(self, *checks: tuple[tuple[str, str], Rate]) -> tuple[str, str] | None:
+        """``allow``, answering which bucket had no token (None: every one had, and gave)."""
+        place = self._anvil.take([(_key(*key), rate) for key, rate in checks])
+        return None if place is None else checks[place][0]
 
     def has_token(self, key: tuple[str, str], rate: Rate) -> bool:
-        return self._level(key, rate, self._clock()) >= 1.0
-
-    def _level(self, key: tuple[str, str], rate: Rate, now: float) -> float:
-        tokens, then = self._buckets.get(key, (float(rate.count), now))
-        refilled = tokens + max(now - then, 0.0) * rate.count / rate.seconds
-        return min(refilled, float(rate.count))
-
-    def _forget_full(self, now: float, rates: dict[tuple[str, str], Rate]) -> None:
-        # Buckets do not remember their rate; one that was last touched longer ago than the
-        # longest period in use has refilled whatever its rate.
-        longest = max(rate.seconds for rate in rates.values())
-        for key, (_tokens, then) in list(self._buckets.items()):
-            if now - then >= longest:
-                del self._buckets[key]
+        return self._anvil.tokens(_key(*key), rate) >= 1.0
 
 
 class ClientLimits:
-    """The per-client limits of one worker (see the module's notes on workers).
+    """The per-client limits of the server, counted in ``anvil`` (shared by its workers; by
+    default one of this process's own).
 
     ``is_exempt(address)`` names clients no per-address control applies to: the trusted
     networks, as Postfix exempts $mynetworks from its anvil limits.
@@ -81,29 +63,29 @@ class ClientLimits:
         *,
         is_exempt: Callable[[str], bool] = lambda address: False,
         clock: Clock = time.monotonic,
+        anvil: Anvil | None = None,
     ) -> None:
         self._per_ip = limits.connections_per_ip
         self._ip_rate = parse_rate(limits.message_rate_per_ip, "limits.message_rate_per_ip")
         self._user_rate = parse_rate(limits.message_rate_per_user, "limits.message_rate_per_user")
         self._is_exempt = is_exempt
-        self._connections: Counter[str] = Counter()
-        self.rates = RateLimiter(clock=clock)
+        self._anvil = anvil if anvil is not None else Anvil.private(clock=clock)
+        self.rates = RateLimiter(anvil=self._anvil)
 
     def open_connection(self, address: str) -> bool:
-        """Count a new connection from ``address``; False (not counted) when it has too many."""
-        limited = self._per_ip and not self._is_exempt(address)
-        if limited and self._connections[address] >= self._per_ip:
-            return False
-        self._connections[address] += 1
-        return True
+        """Count a new connection from ``address``; False (not counted) when it has too many.
+        An address with no limit (none set, or exempt) is not counted at all."""
+        if not self._per_ip or self._is_exempt(address):
+            return True
+        return self._anvil.connect(_key("ip", address), self._per_ip)
 
     def close_connection(self, address: str) -> None:
-        self._connections[address] -= 1
-        if self._connections[address] <= 0:
-            del self._connections[address]
+        """A connection that ``open_connection`` let in is over."""
+        if self._per_ip and not self._is_exempt(address):
+            self._anvil.disconnect(_key("ip", address))
 
     def connections_from(self, address: str) -> int:
-        return self._connections[address]
+        return self._anvil.connections(_key("ip", address))
 
     def check_message(self, address: str, user: str | None = None) -> Reply | None:
         """At MAIL: None to go on, or the 450 4.7.1 for a client (or, once authenticated, a
@@ -113,9 +95,12 @@ class ClientLimits:
             checks.append((("ip", address), self._ip_rate))
         if self._user_rate is not None and user is not None:
             checks.append((("user", user), self._user_rate))
-        if not checks or self.rates.allow(*checks):
+        if not checks:
             return None
-        kind, name = next(key for key, rate in checks if not self.rates.has_token(key, rate))
+        refused = self.rates.refused(*checks)
+        if refused is None:
+            return None
+        kind, name = refused
         return replies.rate_limited(f"user {name}" if kind == "user" else name)
 
 

@@ -29,7 +29,7 @@ from pigeon.directory import Directory, DirectoryStore
 from pigeon.dns import make_resolver
 from pigeon.log import event as log
 from pigeon.log import event_at
-from pigeon.policy import RelayPolicy
+from pigeon.policy import Anvil, RelayPolicy
 from pigeon.queue.control import ControlListener
 from pigeon.queue.index import QueueIndex, QueueIndexError
 from pigeon.queue.scheduler import ResumeReport, Scheduler
@@ -59,6 +59,7 @@ class Server:
         config: Config,
         *,
         worker: str = "w0",
+        anvil_column: int | None = None,
         adopt: Sequence[str] = (),
         reuse_port: bool = False,
         outbound_port: int = 25,
@@ -68,6 +69,10 @@ class Server:
         self._outbound_port = outbound_port  # other servers' SMTP port; 25 except in tests
         self._clock = clock  # the queue's clock: retries and expiry (tests move it on)
         self.worker = worker
+        # Its column in the supervisor's table of client counts; None: the server is this
+        # process alone, which makes the table itself.
+        self._anvil_column = anvil_column
+        self._anvil: Anvil | None = None
         self._adopt = tuple(adopt)
         self._reuse_port = reuse_port
         self._adopted: list[Spool] = []
@@ -97,6 +102,9 @@ class Server:
         self._tls = tls
         relay_password = _relay_password(config.queue.relay_password_file)
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        if self._anvil_column is None:
+            Anvil.create(config.anvil, columns=1)
+        self._anvil = Anvil.open(config.anvil, column=self._anvil_column or 0)
         spool = Spool(config.spool_dir, worker=self.worker)
         await spool.open()
         users = UserStore(config.users_db)  # read on every AUTH: changes need no restart
@@ -158,6 +166,7 @@ class Server:
             resolver=resolver,
             tls=tls,
             users=users,
+            anvil=self._anvil,
         )
         recovered = await spool.recover()
         scheduler.start()
@@ -286,6 +295,8 @@ class Server:
             self._index.close()
         if self._directory_store is not None:
             self._directory_store.close()
+        if self._anvil is not None:
+            self._anvil.close()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:

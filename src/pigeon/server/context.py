@@ -15,7 +15,7 @@ from pigeon.auth import UserStore
 from pigeon.config import Config, ListenerConfig, TLSMode
 from pigeon.delivery.terminal import TerminalRegistry
 from pigeon.directory import Directory
-from pigeon.policy import ClientLimits, RelayPolicy, VerifyPolicy
+from pigeon.policy import Anvil, ClientLimits, RelayPolicy, VerifyPolicy
 from pigeon.queue.scheduler import Scheduler
 from pigeon.queue.spool import Spool
 from pigeon.smtp import ServerSettings
@@ -38,6 +38,7 @@ class ServerContext:
     resolver: dns.asyncresolver.Resolver | None
     tls: ServerTLS | None = None  # the certificate, when one is configured
     users: UserStore | None = None  # who may AUTH; None: nobody
+    anvil: Anvil | None = None  # counts per client shared by the workers; None: this one's
     sessions: set[Session] = field(default_factory=set)
     started_at: float = field(default_factory=time.monotonic)  # for HELP STATUS's uptime
     shutting_down: bool = False
@@ -47,13 +48,15 @@ class ServerContext:
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     _disk_checked_at: float = -1.0
     _disk_ok: bool = True
-    # Connections and message rates per client (and per user), counted in this worker.
+    # Connections and message rates per client (and per user), counted in the anvil.
     client_limits: ClientLimits = field(init=False)
     # Users' live terminals, for SEND's "is the user logged on?" at RCPT.
     terminals: TerminalRegistry = field(init=False)
 
     def __post_init__(self) -> None:
-        self.client_limits = ClientLimits(self.config.limits, is_exempt=self.relay.is_trusted)
+        self.client_limits = ClientLimits(
+            self.config.limits, is_exempt=self.relay.is_trusted, anvil=self.anvil
+        )
         self.terminals = TerminalRegistry(self.config.data_dir)
 
     def has_free_disk(self) -> bool:

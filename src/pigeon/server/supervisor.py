@@ -31,6 +31,7 @@ from pigeon import metrics
 from pigeon.config import Config
 from pigeon.log import configure_logging
 from pigeon.log import event as log
+from pigeon.policy import Anvil
 from pigeon.queue.spool import spool_workers
 
 from .app import Server
@@ -123,6 +124,10 @@ class Supervisor:
             signal.signal(signum, self._on_signal)
         # Each worker counts into files there, so /metrics (served by w0) shows them all.
         metrics.use_directory(self.config.data_dir)
+        # The counts per client that every worker shares, one column each: a limit per
+        # address or user is the server's, wherever the kernel sends each connection.
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        Anvil.create(self.config.anvil, columns=self.workers)
         ready: list[multiprocessing.connection.Connection] = []
         for index, adopt in self._adoptions().items():
             ready.append(self._spawn(worker_config, index, adopt))
@@ -231,7 +236,9 @@ def _worker_main(
     use_uvloop()
 
     async def serve() -> None:
-        server = Server(config, worker=worker_name(index), adopt=adopt, reuse_port=True)
+        server = Server(
+            config, worker=worker_name(index), anvil_column=index, adopt=adopt, reuse_port=True
+        )
         server.handle_signals(interrupt=False)
         settle_collector()
         await server.start()
