@@ -107,6 +107,10 @@ def test_what_is_not_a_table_is_refused(tmp_path: Path) -> None:
     Anvil.create(tmp_path / "anvil", columns=2)
     with pytest.raises(AnvilError, match="no column 2"):
         Anvil.open(tmp_path / "anvil", column=2)
+    with (tmp_path / "anvil").open("r+b") as table:
+        table.truncate(1000)
+    with pytest.raises(AnvilError, match="shorter than its header says"):
+        Anvil.open(tmp_path / "anvil", column=0)
 
 
 def _take_tokens(path: Path, column: int, tries: int, ready: Any, taken: Any) -> None:

@@ -70,6 +70,8 @@ class Anvil:
             raise AnvilError("not a table of client counts")
         if not 0 <= column < columns:
             raise AnvilError(f"the table has no column {column} (it has {columns})")
+        if len(memory) < _table_size(slots, columns):
+            raise AnvilError("the table is shorter than its header says")
         self._memory = memory
         self._fd = fd
         self._slots = slots
