@@ -45,9 +45,6 @@ class RateLimiter:
         place = self._anvil.take([(_key(*key), rate) for key, rate in checks])
         return None if place is None else checks[place][0]
 
-    def has_token(self, key: tuple[str, str], rate: Rate) -> bool:
-        return self._anvil.tokens(_key(*key), rate) >= 1.0
-
 
 class ClientLimits:
     """The per-client limits of the server, counted in ``anvil`` (shared by its workers; by

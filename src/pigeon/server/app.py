@@ -102,9 +102,6 @@ class Server:
         self._tls = tls
         relay_password = _relay_password(config.queue.relay_password_file)
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        if self._anvil_column is None:
-            Anvil.create(config.anvil, columns=1)
-        self._anvil = Anvil.open(config.anvil, column=self._anvil_column or 0)
         spool = Spool(config.spool_dir, worker=self.worker)
         await spool.open()
         users = UserStore(config.users_db)  # read on every AUTH: changes need no restart
@@ -155,6 +152,9 @@ class Server:
                 f"postmaster@{directory.primary_domain}" if directory.primary_domain else None
             ),
         )
+        if self._anvil_column is None:
+            Anvil.create(config.anvil, columns=1)
+        self._anvil = Anvil.open(config.anvil, column=self._anvil_column or 0)
         self._context = ServerContext(
             config=config,
             directory=directory,
