@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 
 from pigeon.config import Rate
-from pigeon.policy import Anvil, AnvilError
+from pigeon.policy import Admission, Anvil, AnvilError
+
+COUNTED, REFUSED, UNCOUNTED = Admission.COUNTED, Admission.REFUSED, Admission.UNCOUNTED
 
 
 class Clock:
@@ -29,23 +31,23 @@ def two_workers(path: Path, clock: Clock | None = None) -> tuple[Anvil, Anvil]:
 
 def test_workers_count_connections_together(tmp_path: Path) -> None:
     one, two = two_workers(tmp_path / "anvil")
-    assert one.connect("ip:192.0.2.1", 3)
-    assert one.connect("ip:192.0.2.1", 3)
-    assert two.connect("ip:192.0.2.1", 3)
-    assert not two.connect("ip:192.0.2.1", 3)  # the server has three: the limit
-    assert not one.connect("ip:192.0.2.1", 3)
-    assert two.connect("ip:192.0.2.2", 3)  # another address counts apart
+    assert one.connect("ip:192.0.2.1", 3) is COUNTED
+    assert one.connect("ip:192.0.2.1", 3) is COUNTED
+    assert two.connect("ip:192.0.2.1", 3) is COUNTED
+    assert two.connect("ip:192.0.2.1", 3) is REFUSED  # the server has three: the limit
+    assert one.connect("ip:192.0.2.1", 3) is REFUSED
+    assert two.connect("ip:192.0.2.2", 3) is COUNTED  # another address counts apart
     assert one.connections("ip:192.0.2.1") == two.connections("ip:192.0.2.1") == 3
     one.disconnect("ip:192.0.2.1")
-    assert two.connect("ip:192.0.2.1", 3)
-    assert two.connect("ip:192.0.2.3", 0)  # no limit: counted all the same
+    assert two.connect("ip:192.0.2.1", 3) is COUNTED
+    assert two.connect("ip:192.0.2.3", 0) is COUNTED  # no limit: counted all the same
     assert one.connections("ip:192.0.2.3") == 1
 
 
 def test_a_worker_that_starts_again_forgets_only_its_own_connections(tmp_path: Path) -> None:
     one, two = two_workers(tmp_path / "anvil")
     for anvil in (one, one, two):
-        assert anvil.connect("ip:192.0.2.1", 10)
+        assert anvil.connect("ip:192.0.2.1", 10) is COUNTED
     two.close()  # the worker died; its replacement opens the same column
     again = Anvil.open(tmp_path / "anvil", column=1)
     assert again.connections("ip:192.0.2.1") == 2
@@ -80,13 +82,13 @@ def test_a_full_table_lets_clients_in_uncounted_and_frees_slots() -> None:
     anvil = Anvil.private(slots=1, clock=clock)  # every key shares one window of slots
     busy = [f"ip:192.0.2.{n}" for n in range(16)]
     for key in busy:
-        assert anvil.connect(key, 1)
-    assert anvil.connect("ip:198.51.100.1", 1)  # no room: let in, not counted
-    assert anvil.connect("ip:198.51.100.1", 1)
+        assert anvil.connect(key, 1) is COUNTED
+    assert anvil.connect("ip:198.51.100.1", 1) is UNCOUNTED  # no room: let in, not counted
+    assert anvil.connect("ip:198.51.100.1", 1) is UNCOUNTED
     assert anvil.connections("ip:198.51.100.1") == 0
     anvil.disconnect(busy[0])  # its slot is free again
-    assert anvil.connect("ip:198.51.100.1", 1)
-    assert not anvil.connect("ip:198.51.100.1", 1)
+    assert anvil.connect("ip:198.51.100.1", 1) is COUNTED
+    assert anvil.connect("ip:198.51.100.1", 1) is REFUSED
     # A drained bucket keeps its slot until it has filled up again.
     for key in busy[1:]:
         anvil.disconnect(key)
@@ -109,8 +111,25 @@ def test_what_is_not_a_table_is_refused(tmp_path: Path) -> None:
         Anvil.open(tmp_path / "anvil", column=2)
     with (tmp_path / "anvil").open("r+b") as table:
         table.truncate(1000)
-    with pytest.raises(AnvilError, match="shorter than its header says"):
+    with pytest.raises(AnvilError, match="header does not match its size"):
         Anvil.open(tmp_path / "anvil", column=0)
+
+
+def test_a_table_in_use_is_not_replaced(tmp_path: Path) -> None:
+    """A second server started on the same data directory must not pull the table from
+    under the workers of the first (its own start fails later, on the spool's lock)."""
+    path = tmp_path / "anvil"
+    Anvil.create(path, columns=2)
+    worker = Anvil.open(path, column=1)
+    assert worker.connect("ip:192.0.2.1", 5) is COUNTED
+    with pytest.raises(AnvilError, match="in use: a server already runs"):
+        Anvil.create(path, columns=3)
+    other = Anvil.open(path, column=0)
+    assert other.connections("ip:192.0.2.1") == 1  # the same table, still
+    other.close()
+    worker.close()  # the first server's workers are gone: the next one starts afresh
+    Anvil.create(path, columns=3)
+    assert Anvil.open(path, column=2).connections("ip:192.0.2.1") == 0
 
 
 def _take_tokens(path: Path, column: int, tries: int, ready: Any, taken: Any) -> None:

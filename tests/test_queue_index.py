@@ -122,6 +122,12 @@ def test_first_states_written_with_the_rows_match_an_update_after_them(tmp_path:
         one.apply(IndexChanges(added=again.added, updates=[attempt]), now=1700.0)
         assert rows(one)[1] == ("deferred", 2, 2400.0, "4.4.2", "slow", 1700.0)
         assert [a.status for a in one.attempts("Q1")] == ["4.4.1", "4.4.2"]
+        # Added again and held for ATRN: the hold's reason replaces the last reply, with no
+        # attempt counted and none in the history.
+        hold = RecipientUpdate("Q1", 1, RecipientState.HELD, None, "4.3.2", "held", attempted=False)
+        one.apply(IndexChanges(added=again.added, updates=[hold]), now=1800.0)
+        assert rows(one)[1] == ("held", 2, None, "4.3.2", "held", 1800.0)
+        assert len(one.attempts("Q1")) == 2
 
 
 @pytest.mark.parametrize("count", [1, 2, 35, 127, 200])

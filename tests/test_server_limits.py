@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from pigeon.config import ConfigError, Limits, Rate, load_config, parse_rate
-from pigeon.policy import ClientLimits, CommandRate, RateLimiter
+from pigeon.policy import Admission, ClientLimits, CommandRate, RateLimiter
 from tests.servers import ThreadedServer, make_config
 from tests.smtp_helpers import Driver, ehlo_session, reply_lines
 from tests.test_server_sessions import Client
@@ -104,14 +104,18 @@ def test_client_limits_per_address_and_per_user() -> None:
 
 
 def test_connections_per_address_are_counted_and_released() -> None:
-    client = ClientLimits(Limits(connections_per_ip=2))
-    assert client.open_connection("192.0.2.1")
-    assert client.open_connection("192.0.2.1")
-    assert not client.open_connection("192.0.2.1")
-    assert client.open_connection("192.0.2.2")
+    client = ClientLimits(Limits(connections_per_ip=2), is_exempt=lambda ip: ip == "10.0.0.1")
+    assert client.open_connection("192.0.2.1") is Admission.COUNTED
+    assert client.open_connection("192.0.2.1") is Admission.COUNTED
+    assert client.open_connection("192.0.2.1") is Admission.REFUSED
+    assert client.open_connection("192.0.2.2") is Admission.COUNTED
     client.close_connection("192.0.2.1")
-    assert client.open_connection("192.0.2.1")
+    assert client.open_connection("192.0.2.1") is Admission.COUNTED
     assert client.connections_from("192.0.2.1") == 2
+    # A trusted address, or any with no limit set, is let in without being counted.
+    assert {client.open_connection("10.0.0.1") for _ in range(3)} == {Admission.UNCOUNTED}
+    unlimited = ClientLimits(Limits(connections_per_ip=0))
+    assert unlimited.open_connection("192.0.2.1") is Admission.UNCOUNTED
 
 
 def test_command_budget_is_enforced_by_the_core_within_a_pipelined_batch() -> None:

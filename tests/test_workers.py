@@ -7,8 +7,12 @@ import os
 import signal
 import smtplib
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from pigeon.queue import Envelope, Spool
 from tests.servers import PigeonProcess, read_maildir, wait_for
@@ -174,5 +178,37 @@ def test_limits_per_address_are_the_servers_not_each_workers(tmp_path: Path) -> 
                     outcomes.append(refusal.smtp_code)
         assert outcomes == [250, 250, 250, 250, 450, 450]
         assert server.terminate() == 0
+        # Both workers took sessions (each numbers its own from 1): the limits above held
+        # across them, not merely within one.
+        assert server.stderr().count("event=connect session=1 ") == 2
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_second_server_on_the_same_data_directory_stops_at_once(
+    tmp_path: Path, workers: str
+) -> None:
+    """It says why, and takes nothing from the first: the table of client counts, the
+    spool and the queue stay the first server's."""
+    data = tmp_path / "data"
+    first = PigeonProcess([*ARGS, "--data-dir", str(data), "--workers", "2"], cwd=tmp_path)
+    try:
+        command = [sys.executable, "-m", "pigeon", "serve", *ARGS, "--data-dir", str(data)]
+        second = subprocess.run(
+            [*command, "--workers", workers],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 71
+        assert "pigeon serve: cannot start: " in second.stderr
+        assert "Traceback" not in second.stderr
+        with smtplib.SMTP("127.0.0.1", first.port, timeout=10) as client:
+            client.sendmail("a@remote.test", ["alice@example.test"], "Subject: still\r\n\r\n")
+        mailbox = data / "mail" / "example.test" / "alice"
+        wait_for(lambda: len(read_maildir(mailbox)) == 1, what="the first server's delivery")
+        assert first.terminate() == 0
+    finally:
+        first.close()

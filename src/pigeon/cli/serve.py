@@ -26,6 +26,8 @@ from pigeon.config import (
 )
 from pigeon.directory import Directory
 from pigeon.log import configure_logging
+from pigeon.policy import AnvilError
+from pigeon.queue.spool import SpoolError
 from pigeon.server import Server
 from pigeon.server.loop import settle_collector, use_uvloop
 from pigeon.server.supervisor import Supervisor
@@ -175,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as error:  # the certificate changed between the check and the start
         print(f"pigeon serve: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    except OSError as error:
+    except (OSError, AnvilError, SpoolError) as error:  # another server on this data_dir, say
         print(f"pigeon serve: cannot start: {error}", file=sys.stderr)
         return 71  # EX_OSERR
     except KeyboardInterrupt:

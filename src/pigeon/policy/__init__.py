@@ -4,7 +4,7 @@ go with them.
 A check returns ``None`` to let a command through, or the reply that refuses it.
 """
 
-from ._anvil import Anvil, AnvilError
+from ._anvil import Admission, Anvil, AnvilError
 from ._limits import ClientLimits, CommandRate, RateLimiter
 from ._relay import RelayPolicy
 from ._sender import check_sender_login
@@ -12,6 +12,7 @@ from ._verify import EXPN_LIMIT, VerifyPolicy
 
 __all__ = [
     "EXPN_LIMIT",
+    "Admission",
     "Anvil",
     "AnvilError",
     "ClientLimits",

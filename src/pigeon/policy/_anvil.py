@@ -5,7 +5,10 @@ worker's.
 Postfix keeps them in one process, anvil, which smtpd asks over a socket. Here the table is a
 file in the data directory that every worker maps into memory and changes under an fcntl
 lock, held for a few microseconds: no process to ask, no round trip before a greeting, and
-the kernel drops the lock of a worker that dies holding it.
+the kernel drops the lock of a worker that dies holding it. Each worker also holds a shared
+``flock`` on the file for as long as it runs, so that a second server started by mistake on
+the same data directory cannot replace the table under the first. A server of one process
+keeps the same table in memory of its own, with no file.
 
 The table has a fixed number of slots, each for one key (``ip:192.0.2.1``, ``user:alice``),
 found by a hash of the key and a few slots after it. A slot holds the key's digest, its
@@ -13,13 +16,14 @@ bucket (tokens left, when they were counted, when the bucket will be full again)
 connection count per worker, so that a worker which starts (or starts again after dying)
 clears its own counts without touching the others'. A slot is free again once no worker
 counts a connection in it and its bucket has filled up: it then says nothing that an empty
-slot does not. Should every slot near a key be taken (tens of thousands of clients at
-once), that key is not counted: the limit lets it through rather than refuse mail for want
+slot does not. Should every slot near a key be taken (thousands of clients at once), that
+key is not counted: the limit lets it through rather than refuse mail for want
 of room.
 """
 
 from __future__ import annotations
 
+import enum
 import fcntl
 import hashlib
 import math
@@ -32,7 +36,7 @@ from pathlib import Path
 
 from pigeon.config import Rate
 
-__all__ = ["Anvil", "AnvilError"]
+__all__ = ["Admission", "Anvil", "AnvilError"]
 
 _MAGIC = b"PGNANVL1"
 _HEADER = struct.Struct("<8sII")  # magic, slots, columns (workers)
@@ -46,7 +50,15 @@ _FREE = bytes(_DIGEST_SIZE)
 
 
 class AnvilError(Exception):
-    """The table file is not one (or has no column for this worker)."""
+    """The table file is not one, has no column for this worker, or is in use."""
+
+
+class Admission(enum.Enum):
+    """What a new connection's count says."""
+
+    REFUSED = "refused"  # the address has as many connections as it may: not counted
+    COUNTED = "counted"  # let in and counted: it is to be uncounted when it ends
+    UNCOUNTED = "uncounted"  # let in without counting (no limit applies, or no room)
 
 
 class Anvil:
@@ -70,8 +82,8 @@ class Anvil:
             raise AnvilError("not a table of client counts")
         if not 0 <= column < columns:
             raise AnvilError(f"the table has no column {column} (it has {columns})")
-        if len(memory) < _table_size(slots, columns):
-            raise AnvilError("the table is shorter than its header says")
+        if slots < 1 or len(memory) < _table_size(slots, columns):
+            raise AnvilError("the table is damaged: its header does not match its size")
         self._memory = memory
         self._fd = fd
         self._slots = slots
@@ -86,7 +98,27 @@ class Anvil:
     @classmethod
     def create(cls, path: Path, *, columns: int, slots: int = DEFAULT_SLOTS) -> None:
         """Write an empty table for ``columns`` workers at ``path``, replacing any (the
-        counts of a server that has stopped mean nothing to the next)."""
+        counts of a server that has stopped mean nothing to the next). Raises
+        :class:`AnvilError` if the workers of a running server have it open."""
+        try:
+            old = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            old = None
+        try:
+            if old is not None:
+                try:
+                    fcntl.flock(old, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise AnvilError(
+                        f"{path} is in use: a server already runs on this data directory"
+                    ) from None
+            cls._write_empty(path, columns=columns, slots=slots)
+        finally:
+            if old is not None:
+                os.close(old)
+
+    @staticmethod
+    def _write_empty(path: Path, *, columns: int, slots: int) -> None:
         temporary = path.with_name(f".{path.name}.new")
         fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -102,6 +134,8 @@ class Anvil:
         counted before it (died and) started again is over."""
         fd = os.open(path, os.O_RDWR)
         try:
+            # Held until the worker ends (the kernel lets go of it then): the table is in use.
+            fcntl.flock(fd, fcntl.LOCK_SH)
             memory = mmap.mmap(fd, 0)
             anvil = cls(memory, fd, column, clock=clock)
         except (OSError, ValueError, struct.error, AnvilError) as error:
@@ -126,25 +160,25 @@ class Anvil:
             self._fd = None
 
     # -- connections --------------------------------------------------------------------------
-    def connect(self, key: str, limit: int) -> bool:
+    def connect(self, key: str, limit: int) -> Admission:
         """Count a connection of ``key`` unless the server counts ``limit`` of them already
-        (0: no limit); False (not counted) when it does."""
+        (0: no limit). Only a COUNTED one is to be :meth:`disconnect`-ed."""
         self._lock()
         try:
             at = self._find(key, create=True)
             if at is None:
-                return True
+                return Admission.UNCOUNTED
             counts = self._counts.unpack_from(self._memory, at + _COUNTS_AT)
             if limit and sum(counts) >= limit:
-                return False
+                return Admission.REFUSED
             mine = at + _COUNTS_AT + _COUNT.size * self._column
             _COUNT.pack_into(self._memory, mine, counts[self._column] + 1)
-            return True
+            return Admission.COUNTED
         finally:
             self._unlock()
 
     def disconnect(self, key: str) -> None:
-        """One connection of ``key`` counted by this worker is over."""
+        """One connection of ``key`` that this worker counted is over."""
         if self._memory.closed:
             return  # a session that ends as its server stops, after the table was let go
         self._lock()

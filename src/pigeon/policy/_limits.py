@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pigeon.config import Limits, Rate, parse_rate
 from pigeon.smtp import Reply, replies
 
-from ._anvil import Anvil
+from ._anvil import Admission, Anvil
 
 __all__ = ["ClientLimits", "CommandRate", "RateLimiter"]
 
@@ -69,17 +69,16 @@ class ClientLimits:
         self._anvil = anvil if anvil is not None else Anvil.private(clock=clock)
         self.rates = RateLimiter(anvil=self._anvil)
 
-    def open_connection(self, address: str) -> bool:
-        """Count a new connection from ``address``; False (not counted) when it has too many.
-        An address with no limit (none set, or exempt) is not counted at all."""
+    def open_connection(self, address: str) -> Admission:
+        """Count a new connection from ``address``, unless it has too many (REFUSED). An
+        address no limit applies to (none set, or exempt) is let in UNCOUNTED."""
         if not self._per_ip or self._is_exempt(address):
-            return True
+            return Admission.UNCOUNTED
         return self._anvil.connect(_key("ip", address), self._per_ip)
 
     def close_connection(self, address: str) -> None:
-        """A connection that ``open_connection`` let in is over."""
-        if self._per_ip and not self._is_exempt(address):
-            self._anvil.disconnect(_key("ip", address))
+        """A connection that ``open_connection`` COUNTED is over."""
+        self._anvil.disconnect(_key("ip", address))
 
     def connections_from(self, address: str) -> int:
         return self._anvil.connections(_key("ip", address))

@@ -29,7 +29,7 @@ from pigeon.directory import Directory, DirectoryStore
 from pigeon.dns import make_resolver
 from pigeon.log import event as log
 from pigeon.log import event_at
-from pigeon.policy import Anvil, RelayPolicy
+from pigeon.policy import Anvil, AnvilError, RelayPolicy
 from pigeon.queue.control import ControlListener
 from pigeon.queue.index import QueueIndex, QueueIndexError
 from pigeon.queue.scheduler import ResumeReport, Scheduler
@@ -69,8 +69,9 @@ class Server:
         self._outbound_port = outbound_port  # other servers' SMTP port; 25 except in tests
         self._clock = clock  # the queue's clock: retries and expiry (tests move it on)
         self.worker = worker
-        # Its column in the supervisor's table of client counts; None: the server is this
-        # process alone, which makes the table itself.
+        # Its column in the supervisor's table of client counts (data_dir/anvil); None: this
+        # process is the whole server (or a tool such as pigeon fetch), whose counts are its
+        # own and need no file.
         self._anvil_column = anvil_column
         self._anvil: Anvil | None = None
         self._adopt = tuple(adopt)
@@ -153,8 +154,14 @@ class Server:
             ),
         )
         if self._anvil_column is None:
-            Anvil.create(config.anvil, columns=1)
-        self._anvil = Anvil.open(config.anvil, column=self._anvil_column or 0)
+            self._anvil = Anvil.private()
+        else:
+            try:
+                self._anvil = Anvil.open(config.anvil, column=self._anvil_column)
+            except (OSError, AnvilError) as error:
+                await spool.close()
+                index.close()
+                raise ConfigError(f"the table of client counts: {error}") from None
         self._context = ServerContext(
             config=config,
             directory=directory,

@@ -28,7 +28,7 @@ from pigeon import __version__, metrics, transcripts
 from pigeon.dns import reverse_name
 from pigeon.log import event as log
 from pigeon.log import event_at
-from pigeon.policy import CommandRate, check_sender_login
+from pigeon.policy import Admission, CommandRate, check_sender_login
 from pigeon.queue.envelope import Envelope
 from pigeon.queue.spool import MessageWriter, SpoolError
 from pigeon.smtp import (
@@ -202,7 +202,9 @@ class Session(asyncio.Protocol):
             refusal = replies.too_many_connections(context.config.hostname)
             log("refused", session=self.id, client=self._client_ip, reason="too many connections")
             metrics.refused("connections")
-        elif not context.client_limits.open_connection(self._client_ip):
+        elif (
+            admission := context.client_limits.open_connection(self._client_ip)
+        ) is Admission.REFUSED:
             refusal = replies.too_many_connections_from(context.config.hostname, self._client_ip)
             log(
                 "refused",
@@ -212,7 +214,7 @@ class Session(asyncio.Protocol):
             )
             metrics.refused("connections")
         else:
-            self._counted = True
+            self._counted = admission is Admission.COUNTED
             context.sessions.add(self)
         if refusal is not None:
             conn.start(refusal)
