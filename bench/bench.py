@@ -1106,25 +1106,29 @@ def report_throughput(
             (r.cpu_total if total else r.cpu_accept) / r.messages * 1e6 for r in runs
         )
 
-    header = ["scenario"]
-    for name in names:
-        header.append(f"{name}: msg/s, CPU/msg")
-    header += [f"{ours} / {ref}" for ours in compared for ref in references]
+    # One row per server, one column per load; then Pigeon's ratios, one row per load and
+    # Pigeon variant, one column per reference (a table as wide as the references are many).
+    header = ["server", *(scenario.label for scenario in SCENARIOS)]
     rows: list[list[str]] = []
-    goals: list[str] = []
-    for scenario in SCENARIOS:
-        row = [scenario.label]
-        for name in names:
+    for name in names:
+        row = [name]
+        for scenario in SCENARIOS:
             cpu = median_cpu(scenario.key, name)
             rate = fmt_rate([r.rate for r in good(scenario.key, name)])
             row.append(rate if cpu is None else f"{rate}, {cpu:.0f} us")
-        for variant in compared:
+        rows.append(row)
+    ratio_header = ["load", "Pigeon", *(f"/ {ref}" for ref in references)]
+    ratio_rows: list[list[str]] = []
+    goals: list[str] = []
+    for scenario in SCENARIOS:
+        for index, variant in enumerate(compared):
+            ratio_row = [scenario.label if index == 0 else "", variant]
             ours = median_rate(scenario.key, variant)
             for ref in references:
                 theirs = median_rate(scenario.key, ref)
                 goal = RATIO_GOALS.get((scenario.key, ref))
                 if ours is None or theirs is None:
-                    row.append("-")
+                    ratio_row.append("-")
                     continue
                 ratio = ours / theirs
                 cell = f"{ratio:.2f}x"
@@ -1134,8 +1138,8 @@ def report_throughput(
                         f"{scenario.label}: {variant} {ratio:.2f}x {ref}, goal >= {goal:g}x: "
                         f"{verdict(ratio, goal)}"
                     )
-                row.append(cell)
-        rows.append(row)
+                ratio_row.append(cell)
+            ratio_rows.append(ratio_row)
     haraka_cpu = median_cpu("1k-reused", HarakaServer.name)
     for variant in compared:
         cpu = median_cpu("1k-reused", variant)
@@ -1159,10 +1163,10 @@ def report_throughput(
         + ", ".join(f"{s.label} {options.scale(s.messages)}" for s in SCENARIOS)
         + (" (--quick)" if options.quick else "")
         + ".",
-        "Each server cell: messages per second (messages / smtp-source's wall time), median "
+        "First table: messages per second (messages / smtp-source's wall time), median "
         "[min-max], then the server's CPU time per message in microseconds (user+system of its "
-        "whole process tree from /proc/PID/stat, reaped children included), median. Ratio "
-        "cells: Pigeon's median msg/s over the reference's, with the issue's goal.",
+        "whole process tree from /proc/PID/stat, reaped children included), median. Second "
+        "table: Pigeon's median msg/s over each reference's, with the issue's goal.",
         "Pigeon fsyncs every message into its spool before 250 and delivers it into the "
         "Maildir in the background while the load runs; its CPU column includes that "
         "delivery (each run waits until every message is in the Maildir).",
@@ -1221,6 +1225,8 @@ def report_throughput(
             f"Machine: {machine()}",
             "",
             markdown_table(header, rows),
+            "",
+            markdown_table(ratio_header, ratio_rows),
             "",
             "Goals (ratios measured in this run):",
             "",
