@@ -91,6 +91,7 @@ class Anvil:
         self._column = column
         self._counts = struct.Struct(f"<{columns}I")
         self._slot_size = _slot_size(columns)
+        self._mine = _COUNTS_AT + _COUNT.size * column  # this worker's count, in a slot
         # time.monotonic is the system's CLOCK_MONOTONIC: the same in every worker.
         self._clock = clock
 
@@ -171,8 +172,7 @@ class Anvil:
             counts = self._counts.unpack_from(self._memory, at + _COUNTS_AT)
             if limit and sum(counts) >= limit:
                 return Admission.REFUSED
-            mine = at + _COUNTS_AT + _COUNT.size * self._column
-            _COUNT.pack_into(self._memory, mine, counts[self._column] + 1)
+            _COUNT.pack_into(self._memory, at + self._mine, counts[self._column] + 1)
             return Admission.COUNTED
         finally:
             self._unlock()
@@ -186,9 +186,8 @@ class Anvil:
             at = self._find(key, create=False)
             if at is None:
                 return
-            mine = at + _COUNTS_AT + _COUNT.size * self._column
-            (count,) = _COUNT.unpack_from(self._memory, mine)
-            _COUNT.pack_into(self._memory, mine, max(count - 1, 0))
+            (count,) = _COUNT.unpack_from(self._memory, at + self._mine)
+            _COUNT.pack_into(self._memory, at + self._mine, max(count - 1, 0))
         finally:
             self._unlock()
 
@@ -288,7 +287,7 @@ class Anvil:
         self._lock()
         try:
             memory = self._memory
-            offset = _HEADER_SIZE + _COUNTS_AT + _COUNT.size * self._column
+            offset = _HEADER_SIZE + self._mine
             for _ in range(self._slots + _PROBES):
                 _COUNT.pack_into(memory, offset, 0)
                 offset += self._slot_size
